@@ -1,0 +1,34 @@
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: demo test bench lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+## The main job: the saliency-based detection study on the bundled MNIST subset, with its report.
+demo: $(STAMP)
+	$(BIN)/advsal run detection --name demo
+
+## The test suite.
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+## Benchmarks against peer libraries (installs them first).
+bench: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[dev,bench]'
+	$(BIN)/python -m pip install -q --no-deps torchattacks
+	$(BIN)/python benchmarks/train.py
+	$(BIN)/python benchmarks/attacks.py
+	$(BIN)/python benchmarks/saliency.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info

@@ -1,0 +1,13 @@
+"""Data: the ImageSet container, loaders for every supported format, splits and class depletion."""
+
+from .imageset import DataError, ImageSet, deplete_class, stratified_split, subset, validate_arrays
+from .loaders import (
+    REGISTRY,
+    list_datasets,
+    load_dataset,
+    read_idx,
+    register_dataset,
+)
+
+__all__ = ["DataError", "ImageSet", "REGISTRY", "deplete_class", "list_datasets", "load_dataset", "read_idx",
+           "register_dataset", "stratified_split", "subset", "validate_arrays"]

@@ -1,0 +1,38 @@
+"""Shared fixtures: the bundled data and one small trained MNIST classifier per test session."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from advsal.data import load_dataset
+from advsal.models import build_model
+from advsal.progress import set_quiet
+from advsal.training import train_classifier
+
+set_quiet(True)
+
+
+@pytest.fixture(scope="session")
+def mnist5k():
+    """(train, test) of the bundled 5,000-digit MNIST subset."""
+    return load_dataset("mnist5k")
+
+
+@pytest.fixture(scope="session")
+def mnist_model(mnist5k):
+    """mnist-net (seed 001 Table I) trained 3 epochs on mnist5k train: about 97% test accuracy, in eval mode."""
+    train, _ = mnist5k
+    model = build_model("mnist-net", seed=0)
+    train_classifier(model, train, epochs=3, batch_size=64, seed=0)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def mnist_batch(mnist5k, mnist_model):
+    """200 correctly classified test images (x, y) for attack and saliency tests."""
+    _, test = mnist5k
+    x, y = test.x[:300], test.y[:300]
+    with torch.no_grad():
+        ok = mnist_model(x).argmax(1) == y
+    return x[ok][:200].clone(), y[ok][:200].clone()
