@@ -64,7 +64,7 @@ def paper_net(num_classes: int, in_channels: int, input_size: int, norm: Normali
                              *_conv(32, 64), *_conv(64, 64))
     flat = 64 * (input_size // 2) ** 2
     classifier = nn.Sequential(nn.Linear(flat, 100), nn.ReLU(), nn.Linear(100, num_classes))
-    return ZooModel(norm, features, classifier, in_channels, input_size, "features.9")
+    return ZooModel(norm, features, classifier, in_channels, input_size, "features.8")
 
 
 def vgg_cifar(num_classes: int, in_channels: int, input_size: int, norm: Normalize) -> ZooModel:
@@ -80,7 +80,7 @@ def vgg_cifar(num_classes: int, in_channels: int, input_size: int, norm: Normali
     features = nn.Sequential(*layers)
     flat = 128 * (input_size // 8) ** 2
     classifier = nn.Sequential(nn.Linear(flat, 512), nn.ReLU(), nn.Dropout(0.5), nn.Linear(512, num_classes))
-    return ZooModel(norm, features, classifier, in_channels, input_size, "features.21")
+    return ZooModel(norm, features, classifier, in_channels, input_size, "features.19")
 
 
 class BasicBlock(nn.Module):

@@ -1,0 +1,194 @@
+"""The shared attack base: ``Attack`` (validation, frozen model, chunking, norms) and ``AttackResult``.
+
+An attack is a configured object called on a model (DESIGN.md):
+
+    result = PGD(eps=0.3, alpha=0.01, steps=40)(model, x, y)            # untargeted
+    result = PGD(eps=0.3, alpha=0.01, steps=40)(model, x, y, targets=t)  # targeted
+
+Subclasses implement ``_run(model, x, y, targets) -> x_adv`` (or ``(x_adv, queries)`` for black-box
+attacks) on one chunk of already validated inputs; the base class validates, freezes the model (eval mode, no
+parameter gradients, both restored afterwards), splits big inputs into ``batch_size`` chunks with a progress
+bar, clips to [0, 1], and measures success and perturbation norms.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ..progress import Bar
+from ..tensors import check_images, check_labels, frozen, model_device
+
+#: A pixel/feature counts as changed when it moved by more than this (float round-off is not a change).
+L0_TOLERANCE = 1e-6
+
+
+@dataclass
+class AttackResult:
+    """Adversarial examples and per-example statistics, all on the device of the attacked ``x``.
+
+    ``success`` is ``pred != y`` for untargeted attacks and ``pred == targets`` for targeted ones.
+    ``linf``/``l2`` are norms of ``x_adv - x`` over all features; ``l0`` counts changed *pixels* (spatial
+    positions where any channel changed by more than ``L0_TOLERANCE``), ``l0_features`` counts changed
+    features (pixel × channel; equal to ``l0`` for grey-scale images). ``queries`` (model evaluations per
+    example) is set by black-box attacks.
+    """
+
+    x_adv: Tensor
+    success: Tensor
+    pred: Tensor
+    linf: Tensor
+    l2: Tensor
+    l0: Tensor
+    l0_features: Tensor
+    queries: Tensor | None = None
+    targets: Tensor | None = None
+
+    def success_rate(self) -> float:
+        """Fraction of examples on which the attack succeeded (0.0 for an empty batch)."""
+        return float(self.success.float().mean()) if self.success.numel() else 0.0
+
+    def __len__(self) -> int:
+        return self.x_adv.shape[0]
+
+
+def perturbation_norms(x: Tensor, x_adv: Tensor) -> dict[str, Tensor]:
+    """Per-example L∞, L2, L0 (changed pixels) and L0 (changed features) of ``x_adv - x``."""
+    delta = (x_adv - x).flatten(2) if x.dim() == 4 else (x_adv - x).unsqueeze(1).flatten(2)
+    changed = delta.abs() > L0_TOLERANCE                                   # (N, C, H*W)
+    flat = delta.flatten(1)
+    return {
+        "linf": flat.abs().amax(1) if flat.shape[1] else flat.new_zeros(flat.shape[0]),
+        "l2": flat.norm(dim=1),
+        "l0": changed.any(1).sum(1),
+        "l0_features": changed.flatten(1).sum(1),
+    }
+
+
+def check_nonnegative(name: str, value: float) -> float:
+    """Raise ValueError unless ``value`` is a finite number ≥ 0 (used for eps, step sizes, ...)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if not v >= 0 or v == float("inf"):
+        raise ValueError(f"{name} must be a finite number ≥ 0, got {value!r}")
+    return v
+
+
+def check_positive_int(name: str, value: int, minimum: int = 1) -> int:
+    """Raise ValueError unless ``value`` is an integer ≥ ``minimum`` (used for steps, restarts, ...)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer ≥ {minimum}, got {value!r}")
+    return value
+
+
+class Attack:
+    """Base class of every attack: ``attack(model, x, y, targets=None) -> AttackResult``.
+
+    ``x``: float NCHW images in [0, 1]; ``y``: int64 true labels (``None`` uses the model's predictions);
+    ``targets``: int64 target classes for a targeted attack (must differ from ``y``). ``batch_size``
+    (optional) processes the examples in chunks of that size with a progress bar. The computation runs on the
+    model's device; results come back on x's device. Inputs are never modified.
+    """
+
+    #: Registry name (set by subclasses); used in progress bars and error messages.
+    name: str = "attack"
+    #: Whether the attack needs ``targets`` (JSMA in its paper form); the base raises if they are missing.
+    requires_targets: bool = False
+
+    def __init__(self, batch_size: int | None = None):
+        if batch_size is not None:
+            check_positive_int("batch_size", batch_size)
+        self.batch_size = batch_size
+        self._targeted = False
+        self._bar: Bar | None = None
+
+    @property
+    def targeted(self) -> bool:
+        """True while (and after) the attack is called with ``targets``."""
+        return self._targeted
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({params})"
+
+    def _run(self, model: nn.Module, x: Tensor, y: Tensor,
+             targets: Tensor | None) -> Tensor | tuple[Tensor, Tensor]:
+        """Craft adversarial examples for one validated chunk; ``model`` is frozen and on x's device."""
+        raise NotImplementedError
+
+    def _validate(self, model: nn.Module, x: Tensor, y: Tensor | None,
+                  targets: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        if not isinstance(model, nn.Module):
+            raise ValueError("model must be a torch nn.Module mapping images to logits, got "
+                             f"{type(model).__name__}")
+        check_images(x)
+        if x.shape[0] == 0:
+            raise ValueError("x is an empty batch; pass at least one image")
+        device = model_device(model)
+        with torch.no_grad():
+            probe = model(x[:1].to(device))
+        if probe.dim() != 2:
+            raise ValueError(f"model must return logits of shape (N, classes), got {tuple(probe.shape)}")
+        num_classes = probe.shape[1]
+        if y is None:
+            with torch.no_grad():
+                y = torch.cat([model(x[i:i + 512].to(device)).argmax(1).to(x.device)
+                               for i in range(0, len(x), 512)])
+        check_labels(y, x.shape[0], num_classes, name="y")
+        if targets is None:
+            if self.requires_targets:
+                raise ValueError(f"{type(self).__name__} is a targeted attack: pass targets= (e.g. advsal."
+                                 "attacks.random_targets(y, num_classes, seed) or least_likely_targets)")
+            return y.long(), None
+        check_labels(targets, x.shape[0], num_classes, name="targets")
+        same = (targets.to(y.device) == y)
+        if same.any():
+            i = int(same.nonzero()[0])
+            raise ValueError(f"targets equal the true labels for {int(same.sum())} example(s) (first: "
+                             f"index {i}, class {int(y[i])}); a targeted attack needs a target unlike "
+                             "y — use random_targets(y, ...), which never picks y")
+        return y.long(), targets.long()
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor | None = None,
+                 targets: Tensor | None = None) -> AttackResult:
+        with frozen(model):
+            y, targets = self._validate(model, x, y, targets)
+            self._targeted = targets is not None
+            device = model_device(model)
+            n = x.shape[0]
+            size = self.batch_size or n
+            advs, queries, preds = [], [], []
+            with Bar(f"{self.name}", n) as bar:
+                self._bar = bar
+                try:
+                    for start in range(0, n, size):
+                        xc = x[start:start + size].to(device)
+                        yc = y[start:start + size].to(device)
+                        tc = targets[start:start + size].to(device) if targets is not None else None
+                        out = self._run(model, xc.detach().clone(), yc, tc)
+                        adv, q = out if isinstance(out, tuple) else (out, None)
+                        adv = adv.detach().clamp(0, 1)
+                        with torch.no_grad():
+                            preds.append(model(adv).argmax(1).to(x.device))
+                        advs.append(adv.to(x.device))
+                        if q is not None:
+                            queries.append(q.to(x.device))
+                        bar.update(xc.shape[0])
+                finally:
+                    self._bar = None
+        x_adv = torch.cat(advs)
+        pred = torch.cat(preds)
+        success = pred == targets.to(x.device) if targets is not None else pred != y.to(x.device)
+        return AttackResult(x_adv=x_adv, success=success, pred=pred, **perturbation_norms(x, x_adv),
+                            queries=torch.cat(queries) if queries else None,
+                            targets=targets.to(x.device) if targets is not None else None)
+
+    def _info(self, text: str) -> None:
+        """Show ``text`` (e.g. "step 40/100") in the running progress bar; for subclasses' long loops."""
+        bar = getattr(self, "_bar", None)
+        if bar is not None:
+            bar.update(0, info=text)

@@ -1,0 +1,65 @@
+"""The CLI end to end in a temp directory, and one-line errors with a non-zero exit."""
+
+from __future__ import annotations
+
+import sys
+from types import SimpleNamespace
+
+import pytest
+
+from advsal.cli import main
+from advsal.models import load_model
+
+
+@pytest.fixture
+def advsal(capsys, monkeypatch):
+    """Run the CLI in-process; returns (returncode, stdout, stderr)."""
+
+    def call(*args, cwd=None):
+        if cwd is not None:
+            monkeypatch.chdir(cwd)
+        monkeypatch.setattr(sys, "argv", ["advsal", *map(str, args)])
+        code = 0
+        try:
+            main()
+        except SystemExit as exc:
+            code = exc.code
+        out = capsys.readouterr()
+        return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
+
+    return call
+
+
+def test_train_and_evaluate(tmp_path, advsal):
+    out = tmp_path / "m"
+    r = advsal("train", "--dataset", "digits", "--model", "resnet20", "--epochs", "2", "--out", str(out), "-q")
+    assert r.returncode == 0, r.stderr
+    assert "test accuracy" in r.stdout
+    model = load_model(out.with_suffix(".safetensors"))
+    assert model.spec["architecture"] == "resnet20" and model.spec["input_size"] == 8
+    png = tmp_path / "cm.png"
+    r = advsal("evaluate", "--model", str(out), "--dataset", "digits", "--plot", str(png))
+    assert r.returncode == 0, r.stderr
+    assert "accuracy" in r.stdout and png.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--dataset", "nope", "--out", "x"], "unknown dataset 'nope'"),
+    (["train", "--epochs", "many", "--out", "x"], "--epochs"),
+    (["evaluate", "--model", "missing.safetensors"], "not found"),
+    (["train", "--model", "alexnet", "--out", "x", "--dataset", "digits"], "unknown model"),
+    (["run", "nosuchstudy"], "unknown study"),
+    (["report", "nowhere"], "results.json"),
+])
+def test_bad_arguments_one_line(tmp_path, advsal, args, message):
+    r = advsal(*args, cwd=tmp_path)
+    assert r.returncode != 0
+    assert message in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+def test_listings(advsal):
+    r = advsal("datasets")
+    assert r.returncode == 0 and "mnist5k" in r.stdout and "cifar10" in r.stdout
+    r = advsal("models")
+    assert r.returncode == 0 and "vgg-cifar" in r.stdout

@@ -1,0 +1,72 @@
+"""Training reaches the required accuracy; evaluation metrics are exact; early stopping stops."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from advsal.data import ImageSet
+from advsal.models import build_model
+from advsal.training import EarlyStopping, confusion_matrix, evaluate, per_class_accuracy, train_classifier
+
+
+def test_mnist_net_reaches_95_percent(mnist5k, mnist_model):
+    _, test = mnist5k
+    ev = evaluate(mnist_model, test)
+    assert ev.accuracy >= 0.95
+    assert ev.confusion.sum() == 1000 and np.all(ev.per_class_accuracy > 0.8)
+
+
+def test_confusion_and_per_class_accuracy_by_hand():
+    cm = confusion_matrix(np.array([0, 0, 1, 1, 2]), np.array([0, 1, 1, 1, 0]), 3)
+    assert cm.tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 0]]
+    assert per_class_accuracy(cm).tolist() == [0.5, 1.0, 0.0]
+
+
+class Fixed(torch.nn.Module):
+    """Predicts class (first pixel > 0.5) from a 2-class logit; known answers."""
+
+    def forward(self, x):
+        p = x[:, 0, 0, 0]
+        return torch.stack([1 - p, p], 1) * 10
+
+
+def test_evaluate_known_predictions():
+    x = torch.zeros(4, 1, 2, 2)
+    x[1, 0, 0, 0] = 1
+    x[3, 0, 0, 0] = 1
+    data = ImageSet(x, torch.tensor([0, 1, 1, 0]), ["a", "b"])
+    ev = evaluate(Fixed(), data)
+    assert ev.accuracy == 0.5
+    assert ev.confusion.tolist() == [[1, 1], [1, 1]]
+
+
+def test_early_stopping_and_mode_restored():
+    torch.manual_seed(0)
+    x = torch.rand(64, 1, 8, 8)
+    data = ImageSet(x, torch.randint(0, 2, (64,)), ["a", "b"])  # random labels: validation loss cannot improve
+    model = build_model("resnet20", 2, 1, 8, seed=0)
+    hist = train_classifier(model, data, data.subset(range(16)), epochs=50, lr=1e-5,
+                            early_stopping=EarlyStopping(min_delta=0.5, patience=2))
+    assert hist.stopped_early and len(hist.epochs) == 3
+    assert not model.training
+
+
+def test_training_is_seeded():
+    x = torch.rand(64, 1, 8, 8)
+    data = ImageSet(x, (x.mean((1, 2, 3)) > 0.5).long(), ["a", "b"])
+    runs = []
+    for _ in range(2):
+        model = build_model("resnet20", 2, 1, 8, seed=1)
+        train_classifier(model, data, epochs=1, batch_size=16, seed=5)
+        runs.append(torch.cat([p.flatten() for p in model.parameters()]))
+    assert torch.equal(runs[0], runs[1])
+
+
+def test_bad_arguments():
+    data = ImageSet(torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 0, 1]), ["a", "b"])
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        train_classifier(build_model("resnet20", 2, 1, 8), data, optimizer="lbfgs", epochs=1)
+    with pytest.raises(ValueError, match="positive"):
+        train_classifier(build_model("resnet20", 2, 1, 8), data, epochs=0)
