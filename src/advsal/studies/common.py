@@ -61,6 +61,7 @@ class DataConfig:
     seed: int = 0
     train_limit: int | None = None  # stratified subset sizes, for quick runs
     test_limit: int | None = None
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)  # loader options, e.g. {size: 224}
 
 
 @dataclasses.dataclass
@@ -80,7 +81,7 @@ class ModelConfig:
 def load_data(cfg: DataConfig) -> tuple[ImageSet, ImageSet]:
     from ..data import subset
 
-    train, test = load_dataset(cfg.name, root=cfg.root, seed=cfg.seed)
+    train, test = load_dataset(cfg.name, root=cfg.root, seed=cfg.seed, **cfg.options)
     if cfg.train_limit:
         train = subset(train, cfg.train_limit, cfg.seed)
     if cfg.test_limit:
