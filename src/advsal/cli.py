@@ -129,6 +129,185 @@ def evaluate(
         console.print(f"confusion matrix written to {plot}")
 
 
+def _parse_params(params: list[str]) -> dict:
+    """``key=value`` strings → dict, values parsed as YAML scalars (numbers, booleans, strings)."""
+    import yaml
+
+    out = {}
+    for item in params:
+        if "=" not in item:
+            raise CLIError(f"--param takes key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key.strip().replace("-", "_")] = yaml.safe_load(value)
+    return out
+
+
+def _test_images(dataset: str, root: Path | None, seed: int, n: int | None):
+    from .data import subset
+
+    _, test_set = _load(dataset, root, seed)
+    return subset(test_set, n, seed) if n else test_set
+
+
+@app.command()
+def attack(
+    model: Annotated[Path, typer.Option(help="A model saved by `advsal train`.")],
+    attack: Annotated[str, typer.Option("--attack", "-a", help="fgsm, bim, bim-l2, pgd, pgd-l2, jsma, cw, "
+                                                             "deepfool or pixel.")],
+    out: Annotated[Path, typer.Option(help="Output file: .safetensors or .npz (adversarial images + metadata).")],
+    dataset: DatasetOpt = "mnist5k",
+    root: RootOpt = None,
+    eps: Annotated[float | None, typer.Option(help="Perturbation budget in pixel units.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Iterations.")] = None,
+    alpha: Annotated[float | None, typer.Option(help="Step size.")] = None,
+    param: Annotated[list[str] | None, typer.Option("--param", "-p", help="Other attack parameter key=value "
+                                                                          "(repeatable).")] = None,
+    targeted: Annotated[bool, typer.Option(help="Attack towards a random other class per image.")] = False,
+    n: Annotated[int | None, typer.Option(help="Attack this many test images (stratified); default all.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 250,
+    seed: Seed = 0,
+    quiet: Quiet = False,
+) -> None:
+    """Craft adversarial examples for a dataset's test images against a saved model."""
+    from .attacks import make_attack
+    from .attacks.targets import random_targets
+    from .models import load_model
+
+    set_quiet(quiet)
+    if out.suffix not in (".safetensors", ".npz"):
+        raise CLIError(f"--out must end in .safetensors or .npz, got {out.name}")
+    net = load_model(model)
+    data = _test_images(dataset, root, seed, n)
+    params = _parse_params(param or [])
+    params |= {k: v for k, v in (("eps", eps), ("steps", steps), ("alpha", alpha)) if v is not None}
+    adversary = make_attack(attack, batch_size=batch_size, **params)
+    targets = random_targets(data.y, data.num_classes, seed) if targeted or attack == "jsma" else None
+    start = time.perf_counter()
+    result = adversary(net, data.x, data.y, targets=targets)
+    seconds = time.perf_counter() - start
+    tensors = {"x": data.x, "y": data.y, "x_adv": result.x_adv, "pred": result.pred, "success": result.success,
+               "linf": result.linf, "l2": result.l2, "l0": result.l0}
+    if targets is not None:
+        tensors["targets"] = targets
+    if result.queries is not None:
+        tensors["queries"] = result.queries
+    meta = {"attack": attack, "params": params, "model": str(model), "dataset": dataset, "seed": seed,
+            "targeted": targets is not None, "seconds": seconds}
+    _save_arrays(out, tensors, meta)
+    console.print(f"{attack} on {len(data)} images of {data.name}: success {result.success_rate():.4f}; mean L∞ "
+                  f"{float(result.linf.mean()):.4f}, L2 {float(result.l2.mean()):.4f}, L0 "
+                  f"{float(result.l0.float().mean()):.1f} pixels; {len(data) / seconds:.1f} images/s; wrote {out}")
+
+
+def _save_arrays(path: Path, tensors: dict, meta: dict) -> None:
+    import io
+    import json
+
+    import numpy as np
+    from safetensors.torch import save
+
+    from .store import atomic_write_bytes
+
+    if path.suffix == ".safetensors":
+        data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+                    metadata={"advsal": json.dumps(meta)})
+    else:
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **{k: v.detach().cpu().numpy() for k, v in tensors.items()},
+                            metadata=np.array(json.dumps(meta)))
+        data = buf.getvalue()
+    atomic_write_bytes(path, data)
+
+
+def _load_arrays(path: Path) -> dict:
+    import numpy as np
+    import torch
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise CLIError(f"{path} not found: create it with `advsal attack ... --out {path.name}`")
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(str(path))
+        with np.load(path, allow_pickle=False) as f:
+            return {k: torch.from_numpy(f[k]) for k in f.files if k != "metadata"}
+    except Exception as exc:
+        raise CLIError(f"{path}: not a readable adversarial-examples file ({exc})") from exc
+
+
+SALIENCY_METHODS = ("gradient", "guided", "gradcam", "guided-gradcam", "smoothgrad", "ig")
+
+
+def _saliency_maps(net, x, target, method: str, layer: str | None, seed: int):
+    from . import saliency
+
+    if method == "gradient":
+        return saliency.gradient(net, x, target, reduce="max")
+    if method == "guided":
+        return saliency.guided_backprop(net, x, target, reduce="max")
+    if method == "gradcam":
+        return saliency.grad_cam(net, x, target, layer=layer).upsampled
+    if method == "guided-gradcam":
+        return saliency.guided_grad_cam(net, x, target, layer=layer).abs().amax(1)
+    if method == "smoothgrad":
+        return saliency.smoothgrad("gradient", net, x, target, seed=seed, reduce="max")
+    if method == "ig":
+        return saliency.integrated_gradients(net, x, target).attributions.abs().amax(1)
+    raise CLIError(f"unknown saliency method {method!r}; choose from {', '.join(SALIENCY_METHODS)}")
+
+
+@app.command()
+def saliency(
+    model: Annotated[Path, typer.Option(help="A model saved by `advsal train`.")],
+    out: Annotated[Path, typer.Option(help="Output directory (maps.safetensors and grid.png).")],
+    method: Annotated[str, typer.Option(help=f"One of {', '.join(SALIENCY_METHODS)}.")] = "gradient",
+    dataset: DatasetOpt = "mnist5k",
+    root: RootOpt = None,
+    target: Annotated[str, typer.Option(help="predicted, true, or a class index.")] = "predicted",
+    layer: Annotated[str | None, typer.Option(help="Layer for Grad-CAM (default: the model's last conv stage).")]
+    = None,
+    adv: Annotated[Path | None, typer.Option(help="Adversarial examples from `advsal attack`: maps for clean "
+                                                  "and adversarial images side by side.")] = None,
+    n: Annotated[int, typer.Option(help="Number of images.")] = 8,
+    seed: Seed = 0,
+) -> None:
+    """Saliency maps of a saved model for test images (and their adversarial versions), as tensors and a PNG."""
+    import torch
+
+    from .models import load_model
+    from .report.figures import saliency_grid
+    from .store import atomic_write_bytes
+
+    net = load_model(model)
+    if adv is not None:
+        stored = _load_arrays(adv)
+        x, y, x_adv = stored["x"][:n], stored["y"][:n].long(), stored["x_adv"][:n]
+    else:
+        data = _test_images(dataset, root, seed, None)
+        x, y, x_adv = data.x[:n], data.y[:n], None
+    tgt: torch.Tensor | str
+    if target in ("predicted", "true"):
+        tgt = y if target == "true" else "predicted"
+    elif target.lstrip("-").isdigit():
+        tgt = torch.full((len(x),), int(target), dtype=torch.long)
+    else:
+        raise CLIError(f"--target must be predicted, true or a class index, got {target!r}")
+    maps = {"clean": _saliency_maps(net, x, tgt, method, layer, seed)}
+    if x_adv is not None:
+        maps["adversarial"] = _saliency_maps(net, x_adv, tgt, method, layer, seed)
+    out.mkdir(parents=True, exist_ok=True)
+    from safetensors.torch import save
+
+    atomic_write_bytes(out / "maps.safetensors", save({k: v.contiguous() for k, v in maps.items()}))
+    with torch.no_grad():
+        pred = net(x).argmax(1)
+    titles = [f"y={int(a)} pred={int(b)}" for a, b in zip(y, pred, strict=True)]
+    grid = saliency_grid(x, x_adv if x_adv is not None else x,
+                         {f"{method} ({target})": (maps["clean"], maps.get("adversarial", maps["clean"]))},
+                         titles, out / "grid.png")
+    console.print(f"{method} maps for {len(x)} images written to {out / 'maps.safetensors'} and {grid}")
+
+
 @app.command()
 def run(
     study: Annotated[str, typer.Argument(help="detection, imbalance, explanation or attention.")],

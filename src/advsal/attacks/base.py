@@ -120,6 +120,10 @@ class Attack:
         """Craft adversarial examples for one validated chunk; ``model`` is frozen and on x's device."""
         raise NotImplementedError
 
+    def _default_targets(self, model: nn.Module, x: Tensor, y: Tensor, num_classes: int) -> Tensor | None:
+        """Targets to use when the caller passes none (None: run untargeted); e.g. JSMA's random targets."""
+        return None
+
     def _validate(self, model: nn.Module, x: Tensor, y: Tensor | None,
                   targets: Tensor | None) -> tuple[Tensor, Tensor | None]:
         if not isinstance(model, nn.Module):
@@ -139,6 +143,8 @@ class Attack:
                 y = torch.cat([model(x[i:i + 512].to(device)).argmax(1).to(x.device)
                                for i in range(0, len(x), 512)])
         check_labels(y, x.shape[0], num_classes, name="y")
+        if targets is None:
+            targets = self._default_targets(model, x, y, num_classes)
         if targets is None:
             if self.requires_targets:
                 raise ValueError(f"{type(self).__name__} is a targeted attack: pass targets= (e.g. advsal."

@@ -8,6 +8,7 @@ from .loaders import (
     read_idx,
     register_dataset,
 )
+from .localization import LocalizationSet, load_masked_folder, make_cluttered_mnist, read_masked_folder  # noqa: F401
 
 __all__ = ["DataError", "ImageSet", "REGISTRY", "deplete_class", "list_datasets", "load_dataset", "read_idx",
            "register_dataset", "stratified_split", "subset", "validate_arrays"]

@@ -1,7 +1,7 @@
 """Detection metrics: ROC curve, AUROC, TPR at a fixed clean false-positive rate, and seed 001 Table II rates.
 
-Convention used throughout advsal.detection: a higher score means "more likely adversarial", adversarial is the
-positive class (label 1), and an input is *called adversarial when its score is strictly greater than the
+Convention used throughout advsal.detection: a higher score means "more likely adversarial", adversarial is
+the positive class (label 1), and an input is *called adversarial when its score is strictly greater than the
 threshold*. Inputs may be torch tensors, numpy arrays or sequences; results are Python floats / numpy arrays.
 """
 
@@ -93,7 +93,8 @@ def threshold_at_fpr(scores_clean: ArrayLike, fpr: float = 0.05) -> float:
     """The threshold with the highest detection rate whose clean false-positive rate is at most ``fpr``.
 
     With the rule "adversarial iff score > threshold", that is the (k+1)-th largest clean score for
-    k = floor(fpr · n_clean) allowed false positives; ties among clean scores can make the realised rate lower.
+    k = floor(fpr · n_clean) allowed false positives; ties among clean scores can make the realised rate
+    lower.
     """
     c = _vector(scores_clean, "scores_clean")
     if not 0.0 <= fpr <= 1.0:

@@ -2,11 +2,13 @@
 
 Unit conventions (seed 003, Eqs. 5 and 9, "N = number of elements on I"):
 
-* ``N = C·H·W`` counts every element of one image (all channels), so for a 1-channel image it is the pixel count.
+* ``N = C·H·W`` counts every element of one image (all channels), so for a 1-channel image it is the pixel
+  count.
 * ``L0`` is reported already divided by ``N``: the *fraction* of elements that changed, in [0, 1].
-* ``TV`` of a binary map is the anisotropic total variation Σ|B(x+1,y) − B(x,y)| + |B(x,y+1) − B(x,y)| summed over
-  channels (for a binary map this is the number of neighbouring element pairs that disagree, i.e. the length of the
-  region's boundary), also divided by ``N``. For a binary map the exponent β of TV^β is irrelevant (|±1|^β = 1).
+* ``TV`` of a binary map is the anisotropic total variation Σ|B(x+1,y) − B(x,y)| + |B(x,y+1) − B(x,y)| summed
+  over channels (for a binary map this is the number of neighbouring element pairs that disagree, i.e. the
+  length of the region's boundary), also divided by ``N``. For a binary map the exponent β of TV^β is
+  irrelevant (|±1|^β = 1).
 * ``classification`` is ``M(Î)_i``, the model's softmax probability of class ``i`` (the seed's model ends in a
   softmax over its classes; Table 1's classification column is that probability).
 
@@ -49,7 +51,8 @@ class APEResult:
 
 
 def binarize(diff: torch.Tensor, tol: float = 0.0) -> torch.Tensor:
-    """Eq. 1: ``B(f)(x) = 1`` where ``|f(x)| > tol`` (``tol = 0``: where ``f(x) ≠ 0``), as a float 0/1 tensor."""
+    """Eq. 1: ``B(f)(x) = 1`` where ``|f(x)| > tol`` (``tol = 0``: where ``f(x) ≠ 0``), as a float 0/1
+    tensor."""
     if tol < 0:
         raise ValueError(f"tol must be ≥ 0, got {tol}")
     return (diff.abs() > tol).to(diff.dtype if diff.is_floating_point() else torch.float32)
@@ -79,8 +82,8 @@ def total_variation(maps: torch.Tensor, beta: float = 1.0, normalize: bool = Tru
 def smooth_support(diff: torch.Tensor, gamma: float = 30.0, eps: float = 0.01) -> torch.Tensor:
     """Eq. 11: ``S = 2 / (1 + exp(−γ(|d| − ε))) − 1`` (computed as tanh(γ(|d| − ε)/2), the same function).
 
-    S lies in (−1, 1), is negative exactly where |d| < ε and non-negative where |d| ≥ ε, so ``(S + 1) / 2`` tends
-    to the binarisation of Eq. 1 with tolerance ε as γ grows. The paper uses γ = 30, ε = 0.01.
+    S lies in (−1, 1), is negative exactly where |d| < ε and non-negative where |d| ≥ ε, so ``(S + 1) / 2``
+    tends to the binarisation of Eq. 1 with tolerance ε as γ grows. The paper uses γ = 30, ε = 0.01.
     """
     if gamma <= 0 or eps < 0:
         raise ValueError(f"smooth_support needs gamma > 0 and eps ≥ 0, got gamma={gamma}, eps={eps}")
@@ -97,13 +100,15 @@ def _check_pair(x: torch.Tensor, x_hat: torch.Tensor) -> None:
     check_images(x, "x")
     check_images(x_hat, "x_hat")
     if x.shape != x_hat.shape:
-        raise ValueError(f"x and x_hat must have the same shape, got {tuple(x.shape)} and {tuple(x_hat.shape)}")
+        raise ValueError(f"x and x_hat must have the same shape, got {tuple(x.shape)} and "
+                         f"{tuple(x_hat.shape)}")
 
 
 def _check_weights(weights: Sequence[float]) -> tuple[float, float, float]:
     w = tuple(float(v) for v in weights)
     if len(w) != 3 or any(v < 0 for v in w):
-        raise ValueError(f"weights must be three non-negative numbers (α_sp, α_sm, α_cl), got {tuple(weights)}")
+        raise ValueError(f"weights must be three non-negative numbers (α_sp, α_sm, α_cl), "
+                         f"got {tuple(weights)}")
     return w  # type: ignore[return-value]
 
 
@@ -119,9 +124,10 @@ def ape_d(model: nn.Module, x: torch.Tensor, x_hat: torch.Tensor, target: Target
           tol: float = 0.0) -> APEResult:
     """APE_D, the smallest-destroying-region metric (seed 003 Eq. 5, weighted as Eq. 10), per example.
 
-    ``α_sp·L0(I − Î)/N + α_sm·TV(B(I − Î))/N + α_cl·M(Î)_i`` with ``weights = (α_sp, α_sm, α_cl)``; Table 1 uses
-    (1, 1, 1). ``x_hat`` must already be clipped to [0, 1] (the paper's Î). ``target`` is the class i: a tensor,
-    an int, ``"predicted"`` (the class predicted on ``x``) or ``"true"`` (with ``labels``). Lower is better.
+    ``α_sp·L0(I − Î)/N + α_sm·TV(B(I − Î))/N + α_cl·M(Î)_i`` with ``weights = (α_sp, α_sm, α_cl)``; Table 1
+    uses (1, 1, 1). ``x_hat`` must already be clipped to [0, 1] (the paper's Î). ``target`` is the class i: a
+    tensor, an int, ``"predicted"`` (the class predicted on ``x``) or ``"true"`` (with ``labels``). Lower is
+    better.
     """
     _check_pair(x, x_hat)
     w = _check_weights(weights)
@@ -137,8 +143,8 @@ def ape_s(model: nn.Module, x: torch.Tensor, x_hat: torch.Tensor, target: Target
           tol: float = 0.0) -> APEResult:
     """APE_S, the smallest-sufficient-region metric (seed 003 Eq. 9, weighted symmetrically to Eq. 10).
 
-    ``α_sp·L0(1 − B(I − Î))/N + α_sm·TV(1 − B(I − Î))/N + α_cl·|M(Î)_i − M(I)_i|``: the kept (unchanged) region
-    should be small and simple while the class probability is preserved. Lower is better.
+    ``α_sp·L0(1 − B(I − Î))/N + α_sm·TV(1 − B(I − Î))/N + α_cl·|M(Î)_i − M(I)_i|``: the kept (unchanged)
+    region should be small and simple while the class probability is preserved. Lower is better.
     """
     _check_pair(x, x_hat)
     w = _check_weights(weights)

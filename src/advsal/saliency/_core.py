@@ -1,4 +1,4 @@
-"""Shared plumbing of the saliency methods: input checks, target selection, scores, layer lookup, batched VJPs."""
+"""Shared plumbing of the saliency methods: input checks, targets, scores, layer lookup, batched VJPs."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ Target = torch.Tensor | int | str
 
 # SmoothGrad and Integrated Gradients evaluate the methods on points that may leave [0, 1] (Gaussian noise, a
 # baseline outside the pixel range); inside ``relaxed_range()`` the methods check shape and finiteness only.
-_RELAXED_RANGE: contextvars.ContextVar[bool] = contextvars.ContextVar("advsal_saliency_relaxed", default=False)
+_RELAXED_RANGE: contextvars.ContextVar[bool] = contextvars.ContextVar("advsal_relaxed_range", default=False)
 
 
 @contextlib.contextmanager
@@ -55,7 +55,8 @@ def pre_resolve(model: nn.Module, x: torch.Tensor, target: Target, labels: torch
     if is_predicted(target):
         return None
     if isinstance(target, bool):
-        raise ValueError("target must be a tensor of class indices, an int, 'predicted' or 'true', got a bool")
+        raise ValueError("target must be a tensor of class indices, an int, 'predicted' or 'true', "
+                         "got a bool")
     return resolve_target(model, x, target, labels).to(device)
 
 
@@ -119,8 +120,8 @@ def find_layers(model: nn.Module, names: Sequence[str | nn.Module]) -> list[tupl
         if isinstance(name, nn.Module):
             match = [k for k, m in modules.items() if m is name]
             if not match:
-                raise ValueError(f"layer {type(name).__name__} is not a submodule of the model; pass one of its "
-                                 "named_modules() names")
+                raise ValueError(f"layer {type(name).__name__} is not a submodule of the model; pass one of "
+                                 "its named_modules() names")
             found.append((match[0], name))
             continue
         if not isinstance(name, str) or name not in modules or name == "":
@@ -137,12 +138,12 @@ def default_layer(model: nn.Module) -> str:
         return cam_layer
     convs = [k for k, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     if not convs:
-        raise ValueError("the model has no cam_layer attribute and no nn.Conv2d layer; pass layer= the name of "
-                         "a layer with spatial (N, K, h, w) output")
+        raise ValueError("the model has no cam_layer attribute and no nn.Conv2d layer; pass layer= the name "
+                         "of a layer with spatial (N, K, h, w) output")
     return convs[-1]
 
 
 def prepare_input(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A detached view of ``x`` on the model's device that autograd may differentiate without touching ``x``."""
+    """A detached view of ``x`` on the model's device, differentiable without touching ``x``."""
     xi = x.detach().to(device)
     return xi.clone() if xi.is_inference() else xi

@@ -1,8 +1,8 @@
 """Input-gradient saliency: the vanilla gradient (Simonyan et al. 2013) and guided backpropagation
 (Springenberg et al. 2014).
 
-Seed 001 Eq. 5 defines the saliency of an image as ∂f_θ(x)/∂x, the gradient of the class score with respect to the
-input pixels; seed 004 §3 visualises saliency maps computed with guided-ReLU backpropagation.
+Seed 001 Eq. 5 defines the saliency of an image as ∂f_θ(x)/∂x, the gradient of the class score with respect
+to the input pixels; seed 004 §3 visualises saliency maps computed with guided-ReLU backpropagation.
 """
 
 from __future__ import annotations
@@ -120,9 +120,9 @@ def gradient(model: torch.nn.Module, x: torch.Tensor, target: Target = "predicte
         labels: the true labels, needed for ``target="true"``.
         score: the explained score S_c — ``"logit"`` (pre-softmax class score, as in the paper),
             ``"log_softmax"`` or ``"softmax"``.
-        reduce: ``None`` → the signed gradient, shape (N, C, H, W), as seed 001 concatenates it with the image;
-            ``"abs"`` → |gradient|; ``"max"`` → max over channels of |gradient| (Simonyan et al. §3.1), shape
-            (N, 1, H, W); ``"input"`` → gradient × input.
+        reduce: ``None`` → the signed gradient, shape (N, C, H, W), as seed 001 concatenates it with the
+            image; ``"abs"`` → |gradient|; ``"max"`` → max over channels of |gradient| (Simonyan et al.
+            §3.1), shape (N, 1, H, W); ``"input"`` → gradient × input.
         create_graph: keep the graph so the map can be differentiated again (second-round attacks on a
             saliency-based detector); if ``x`` requires grad the map is then differentiable w.r.t. ``x``.
             Model parameters are frozen during the call, so they are not part of that graph.
@@ -133,7 +133,8 @@ def gradient(model: torch.nn.Module, x: torch.Tensor, target: Target = "predicte
     ``create_graph``.
     """
     check_choice(reduce, REDUCTIONS, "reduce")
-    grad, _ = input_gradients(model, x, target, labels, score, create_graph=create_graph, all_classes=all_classes)
+    grad, _ = input_gradients(model, x, target, labels, score, create_graph=create_graph,
+                              all_classes=all_classes)
     return _reduce(grad, x, reduce)
 
 
@@ -143,9 +144,9 @@ def guided_backprop(model: torch.nn.Module, x: torch.Tensor, target: Target = "p
     """Guided backpropagation (Springenberg et al. 2014 §3.4, Fig. 1; seed 004 §3 "guided ReLU").
 
     The gradient of the class score w.r.t. the input where every ReLU's backward pass keeps only positive
-    gradients at positive inputs. Every ReLU the forward pass calls is replaced — ``nn.ReLU`` modules, in-place
-    ``nn.ReLU(inplace=True)`` and functional ``torch.relu``/``F.relu``/``relu_``/``Tensor.relu`` — through a
-    torch-function mode that is active only during this call's forward pass (removed also on error).
+    gradients at positive inputs. Every ReLU the forward pass calls is replaced — ``nn.ReLU`` modules,
+    in-place ``nn.ReLU(inplace=True)`` and functional ``torch.relu``/``F.relu``/``relu_``/``Tensor.relu`` —
+    through a torch-function mode that is active only during this call's forward pass (removed also on error).
     Activations written as other ops (e.g. ``x.clamp(min=0)``) are not recognised and backpropagate as usual.
 
     Arguments and output as in :func:`gradient` (shape (N, C, H, W), or (N, classes, C, H, W) with

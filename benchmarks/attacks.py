@@ -1,0 +1,276 @@
+"""Attack benchmark: advsal vs torchattacks, ART and foolbox on the same mnist-net and test images (CPU).
+
+    cd /work/main && .venv/bin/python benchmarks/attacks.py            # ~10 min on 2 busy cores
+    .venv/bin/python benchmarks/attacks.py --n 100 --quick             # smoke run
+
+For every attack and each peer's equivalent (same hyper-parameters): images/s, success rate, mean L∞/L2/L0
+(L0 = changed pixels), and for the gradient attacks the ratio to the raw cost ``steps × (forward+backward)``
+of the model on the same batch. Slow peers run on fewer images (column n); throughput is per image, so it
+scales. Writes benchmarks/results/attacks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from advsal.attacks import BIM, FGSM, JSMA, PGD, CarliniWagnerL2, DeepFool, PixelAttack, random_targets
+from advsal.attacks.base import perturbation_norms
+from advsal.data import load_dataset
+from advsal.models import build_model, load_model, save_model
+from advsal.progress import set_quiet
+from advsal.training import train_classifier
+
+warnings.filterwarnings("ignore")
+ROOT = Path(__file__).resolve().parent
+MODEL = ROOT.parent / "runs" / "bench" / "mnist-net-3ep"
+
+
+def get_model():
+    if MODEL.with_suffix(".safetensors").is_file():
+        return load_model(MODEL)
+    train, _ = load_dataset("mnist5k")
+    model = build_model("mnist-net", seed=0)
+    train_classifier(model, train, epochs=3, batch_size=64, seed=0)
+    save_model(model, MODEL)
+    return model.eval()
+
+
+def stats(model, x, y, x_adv, targets=None):
+    with torch.no_grad():
+        pred = model(x_adv).argmax(1)
+    ok = pred == targets if targets is not None else pred != y
+    n = perturbation_norms(x, x_adv.clamp(0, 1))
+    return {"success": ok.float().mean().item(), "linf": n["linf"].mean().item(), "l2": n["l2"].mean().item(),
+            "l0": n["l0"].float().mean().item()}
+
+
+def timed(fn):
+    t = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t
+
+
+def raw_cost(model, x, y, repeats=3):
+    """Seconds for one forward+backward (gradient w.r.t. the input) of the model on the batch."""
+    times = []
+    for _ in range(repeats):
+        xx = x.clone().requires_grad_(True)
+        t = time.perf_counter()
+        loss = torch.nn.functional.cross_entropy(model(xx), y, reduction="sum")
+        torch.autograd.grad(loss, xx)
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+class Bench:
+    def __init__(self, model, x, y):
+        self.model, self.x, self.y = model, x, y
+        self.rows: list[dict] = []
+
+    def run(self, attack, lib, n, fn, steps=None, targets=None):
+        x, y = self.x[:n], self.y[:n]
+        t = targets[:n] if targets is not None else None
+        try:
+            x_adv, sec = timed(lambda: fn(x, y, t))
+        except Exception as exc:  # a peer failing must not stop the benchmark
+            print(f"  {attack}/{lib} failed: {type(exc).__name__}: {exc}", flush=True)
+            return
+        row = {"attack": attack, "lib": lib, "n": n, "sec": sec, "ips": n / sec,
+               **stats(self.model, x, y, torch.as_tensor(x_adv).float(), t)}
+        if steps is not None:
+            raw = raw_cost(self.model, x, y) * steps
+            row["raw_ratio"] = raw / sec
+        self.rows.append(row)
+        print(f"  {attack:9s} {lib:12s} n={n:4d} {row['ips']:9.1f} img/s  success {row['success']:.3f}  "
+              f"L∞ {row['linf']:.3f} L2 {row['l2']:.3f} L0 {row['l0']:.1f}", flush=True)
+
+
+def art_classifier(model):
+    from art.estimators.classification import PyTorchClassifier
+    return PyTorchClassifier(model, loss=torch.nn.CrossEntropyLoss(), input_shape=(1, 28, 28), nb_classes=10,
+                             clip_values=(0.0, 1.0))
+
+
+def art(attack):
+    return lambda x, y, t: attack.generate(x.numpy(), y=None if t is None else np.eye(10)[t.numpy()])
+
+
+def fb_run(model, attack, eps):
+    import foolbox as fb
+    fmodel = fb.PyTorchModel(model, bounds=(0, 1))
+
+    def go(x, y, t):
+        _, adv, _ = attack(fmodel, x, y, epsilons=eps)
+        return adv
+    return go
+
+
+def jsma_memory(max_images=4):
+    """Peak resident memory of one JSMA iteration on 3×224×224 images with a tiny conv net (fresh process)."""
+    code = f"""
+import resource, torch
+from torch import nn
+from advsal.attacks import JSMA
+from advsal.progress import set_quiet
+set_quiet(True)
+torch.manual_seed(0)
+net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(),
+                    nn.Linear(128, 10)).eval()
+x = torch.rand({max_images}, 3, 224, 224)
+y = net(x).argmax(1)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+JSMA(gamma=2.5 / x[0].numel())(net, x, y)          # ⌊D·γ/2⌋ = 1 pair iteration
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print((after - before) / 1024)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def markdown(rows, raw_step, jsma_mb, n_images):
+    lines = ["| attack | library | n | images/s | success | mean L∞ | mean L2 | mean L0 (px) | vs raw f+b | "
+             "advsal speed-up |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    ours = {r["attack"]: r for r in rows if r["lib"] == "advsal"}
+    for r in rows:
+        raw = f"{r['raw_ratio']:.2f}" if "raw_ratio" in r else ""
+        peer = r["lib"] != "advsal" and r["attack"] in ours
+        speed = f"{ours[r['attack']]['ips'] / r['ips']:.1f}×" if peer else ""
+        lines.append(f"| {r['attack']} | {r['lib']} | {r['n']} | {r['ips']:.1f} | {r['success']:.3f} | "
+                     f"{r['linf']:.3f} | {r['l2']:.3f} | {r['l0']:.1f} | {raw} | {speed} |")
+    lines += ["", f"Raw forward+backward of mnist-net on the {n_images}-image batch: {raw_step * 1000:.1f} "
+              f"ms (torch threads: {torch.get_num_threads()}). 'vs raw f+b' = (steps × raw f+b time) / "
+              "attack time (1.0 = no overhead). 'advsal speed-up' = advsal images/s ÷ peer images/s."]
+    if jsma_mb is not None:
+        lines.append(f"JSMA, one pair iteration on 4 × 3×224×224 images (tiny conv net): peak RSS growth "
+                     f"{jsma_mb:.0f} MiB (a D×D pair matrix would need "
+                     f"{4 * (3 * 224 * 224) ** 2 * 4 / 2**30:.0f} "
+                     "GiB).")
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=500, help="test images for the fast attacks")
+    ap.add_argument("--quick", action="store_true", help="fewer images for the slow attacks")
+    ap.add_argument("--no-peers", action="store_true")
+    args = ap.parse_args()
+    set_quiet(True)
+    torch.manual_seed(0)
+    model = get_model()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    _, test = load_dataset("mnist5k")
+    with torch.no_grad():
+        ok = model(test.x).argmax(1) == test.y
+    x, y = test.x[ok][:args.n].contiguous(), test.y[ok][:args.n].contiguous()
+    n = len(x)
+    slow = 0.2 if args.quick else 1.0
+    n_cw, n_df, n_jsma, n_pix = (max(4, int(k * slow)) for k in (100, 200, 100, 40))
+    targets = random_targets(y, 10, seed=0)
+    b = Bench(model, x, y)
+    for _ in range(2):  # warm-up (thread pools, allocator): the library that runs first is not penalised
+        raw_cost(model, x, y, repeats=1)
+    peers = not args.no_peers
+    if peers:
+        import foolbox as fb
+        import torchattacks as ta
+        from art.attacks.evasion import (
+            BasicIterativeMethod,
+            CarliniL2Method,
+            FastGradientMethod,
+            ProjectedGradientDescent,
+            SaliencyMapMethod,
+        )
+        from art.attacks.evasion import DeepFool as ArtDeepFool
+        from art.attacks.evasion import PixelAttack as ArtPixel
+        clf = art_classifier(model)
+
+    print("FGSM eps=0.3", flush=True)
+    b.run("fgsm", "advsal", n, lambda x, y, t: FGSM(0.3)(model, x, y).x_adv, steps=1)
+    if peers:
+        b.run("fgsm", "torchattacks", n, lambda x, y, t: ta.FGSM(model, eps=0.3)(x, y))
+        b.run("fgsm", "art", n, art(FastGradientMethod(clf, eps=0.3, batch_size=n)))
+        b.run("fgsm", "foolbox", n, fb_run(model, fb.attacks.LinfFastGradientAttack(), 0.3))
+    print("BIM/PGD L∞ eps=0.3 alpha=0.075 steps=10", flush=True)
+    b.run("bim", "advsal", n, lambda x, y, t: BIM(0.3, 0.075, 10)(model, x, y).x_adv, steps=10)
+    b.run("pgd", "advsal", n, lambda x, y, t: PGD(0.3, 0.075, 10)(model, x, y).x_adv, steps=10)
+    if peers:
+        b.run("bim", "torchattacks", n, lambda x, y, t: ta.BIM(model, eps=0.3, alpha=0.075, steps=10)(x, y))
+        b.run("bim", "art", n, art(BasicIterativeMethod(clf, eps=0.3, eps_step=0.075, max_iter=10,
+                                                        batch_size=n, verbose=False)))
+        b.run("bim", "foolbox", n, fb_run(model, fb.attacks.LinfBasicIterativeAttack(abs_stepsize=0.075,
+                                                                                     steps=10), 0.3))
+        b.run("pgd", "torchattacks", n, lambda x, y, t: ta.PGD(model, eps=0.3, alpha=0.075, steps=10)(x, y))
+        b.run("pgd", "art", n, art(ProjectedGradientDescent(clf, eps=0.3, eps_step=0.075, max_iter=10,
+                                                            num_random_init=1, batch_size=n, verbose=False)))
+        b.run("pgd", "foolbox", n, fb_run(model, fb.attacks.LinfPGD(abs_stepsize=0.075, steps=10), 0.3))
+    print("BIM/PGD L2 eps=3 alpha=0.375 steps=20", flush=True)
+    b.run("bim-l2", "advsal", n, lambda x, y, t: BIM(3.0, 0.375, 20, "l2")(model, x, y).x_adv, steps=20)
+    b.run("pgd-l2", "advsal", n, lambda x, y, t: PGD(3.0, 0.375, 20, "l2")(model, x, y).x_adv, steps=20)
+    if peers:
+        b.run("bim-l2", "art", n, art(ProjectedGradientDescent(clf, norm=2, eps=3.0, eps_step=0.375,
+                                                               max_iter=20, batch_size=n, verbose=False)))
+        b.run("bim-l2", "foolbox", n, fb_run(model, fb.attacks.L2BasicIterativeAttack(abs_stepsize=0.375,
+                                                                                      steps=20), 3.0))
+        b.run("pgd-l2", "torchattacks", n,
+              lambda x, y, t: ta.PGDL2(model, eps=3.0, alpha=0.375, steps=20)(x, y))
+        b.run("pgd-l2", "foolbox", n, fb_run(model, fb.attacks.L2PGD(abs_stepsize=0.375, steps=20), 3.0))
+    print("C&W L2 c=1 kappa=0 lr=0.1 steps=100 binary search 5", flush=True)
+    cw = CarliniWagnerL2(c=1.0, kappa=0.0, steps=100, binary_search_steps=5, lr=0.1)
+    b.run("cw", "advsal", n_cw, lambda x, y, t: cw(model, x, y).x_adv)
+    if peers:
+        b.run("cw", "art", max(2, n_cw // 10), art(CarliniL2Method(
+            clf, learning_rate=0.1, binary_search_steps=5, max_iter=100, initial_const=1.0, batch_size=n_cw,
+            verbose=False)))
+        b.run("cw", "torchattacks", n_cw,
+              lambda x, y, t: ta.CW(model, c=1.0, kappa=0, steps=100, lr=0.1)(x, y))
+        b.run("cw", "foolbox", n_cw, fb_run(model, fb.attacks.L2CarliniWagnerAttack(
+            binary_search_steps=5, steps=100, stepsize=0.1, initial_const=1.0), None))
+    print("DeepFool steps=50 overshoot=0.02 candidates=10", flush=True)
+    b.run("deepfool", "advsal", n_df, lambda x, y, t: DeepFool(50, 0.02, 10)(model, x, y).x_adv)
+    if peers:
+        b.run("deepfool", "torchattacks", max(2, n_df // 10),
+              lambda x, y, t: ta.DeepFool(model, steps=50, overshoot=0.02)(x, y))
+        b.run("deepfool", "art", n_df, art(ArtDeepFool(clf, max_iter=50, epsilon=0.02, nb_grads=10,
+                                                       batch_size=n_df, verbose=False)))
+        b.run("deepfool", "foolbox", n_df, fb_run(model, fb.attacks.L2DeepFoolAttack(steps=50, candidates=10,
+                                                                                     overshoot=0.02), None))
+    print("JSMA theta=1 gamma=0.1, random targets", flush=True)
+    b.run("jsma", "advsal", n_jsma, lambda x, y, t: JSMA(1.0, 0.1)(model, x, y, t).x_adv, targets=targets)
+    if peers:
+        b.run("jsma", "art", n_jsma, art(SaliencyMapMethod(clf, theta=1.0, gamma=0.1, batch_size=n_jsma,
+                                                           verbose=False)), targets=targets)
+    print("Pixel attack 3 pixels, population 400, 10 generations", flush=True)
+    b.run("pixel", "advsal", n_pix, lambda x, y, t: PixelAttack(3, 400, 10)(model, x, y).x_adv)
+    if peers:
+        b.run("pixel", "art", max(2, n_pix // 10),
+              lambda x, y, t: ArtPixel(clf, th=3, es=1, max_iter=10).generate(x.numpy()))
+    print("JSMA memory on 3x224x224", flush=True)
+    try:
+        jsma_mb = jsma_memory()
+    except Exception as exc:
+        print(f"  failed: {exc}")
+        jsma_mb = None
+    table = markdown(b.rows, raw_cost(model, x, y), jsma_mb, n)
+    out = ROOT / "results" / "attacks.md"
+    out.parent.mkdir(exist_ok=True)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+    header = (f"# Attack benchmark\n\n`cd /work/main && .venv/bin/python benchmarks/attacks.py "
+              f"{' '.join(sys.argv[1:])}`\n\nmnist-net (3 epochs on mnist5k), {n} correctly classified test "
+              f"images, CPU ({os.cpu_count()} cores, peak RSS {rss} MiB).\n\n")
+    out.write_text(header + table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

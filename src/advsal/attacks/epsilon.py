@@ -1,0 +1,82 @@
+"""Searching the smallest attack budget that breaks a classifier (seed 001 §IV-B, after Metzen et al.
+2017)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from torch import Tensor, nn
+
+from ..tensors import check_images, check_labels, predict_logits
+from .base import Attack, check_nonnegative
+
+
+@dataclass
+class MinimalEpsilon:
+    """Result of ``minimal_epsilon``: ``eps`` (accuracy < ``max_accuracy`` there), ``accuracy`` at ``eps``,
+    ``lower`` (the largest probed eps with accuracy ≥ ``max_accuracy``), ``clean_accuracy``, and every probe
+    as ``curve`` — a list of (eps, accuracy) sorted by eps."""
+
+    eps: float
+    accuracy: float
+    lower: float
+    clean_accuracy: float
+    max_accuracy: float
+    curve: list[tuple[float, float]] = field(default_factory=list)
+
+
+def attacked_accuracy(attack: Attack, model: nn.Module, x: Tensor, y: Tensor) -> float:
+    """Accuracy over all of ``x`` after the attack: originally correct examples that stay correct."""
+    correct = predict_logits(model, x).argmax(1).to(y.device) == y
+    result = attack(model, x, y)
+    return float((correct & (result.pred.to(y.device) == y)).float().mean())
+
+
+def minimal_epsilon(attack_factory: Callable[[float], Attack], model: nn.Module, x: Tensor, y: Tensor,
+                    max_accuracy: float = 0.30, lo: float = 0.0, hi: float = 1.0,
+                    tol: float = 0.02) -> MinimalEpsilon:
+    """The smallest ε (by bisection) at which the classifier's accuracy on the attacked set drops below
+    ``max_accuracy`` — seed 001 §IV-B: "ε minimal under the constraint that the classification accuracy is
+    below 30%" (following Metzen et al.).
+
+    ``attack_factory(eps)`` builds the attack for a budget (e.g. ``lambda e: BIM(e, steps=10)``). Bisection
+    keeps ``acc(lo) ≥ max_accuracy > acc(hi)`` and stops when ``hi − lo ≤ tol·hi`` (``tol`` is relative, so a
+    ``tol``-smaller ε is already above the threshold for an attack whose accuracy falls with ε — use a
+    deterministic one such as BIM; FGSM's accuracy need not be monotone). Raises ValueError when even ``hi``
+    leaves the accuracy at or above ``max_accuracy``.
+    """
+    check_images(x)
+    check_labels(y, x.shape[0])
+    if not 0 < max_accuracy <= 1:
+        raise ValueError(f"max_accuracy must be in (0, 1], got {max_accuracy!r}")
+    lo, hi = check_nonnegative("lo", lo), check_nonnegative("hi", hi)
+    if hi <= lo:
+        raise ValueError(f"need lo < hi, got lo={lo} and hi={hi}")
+    if not 0 < tol < 1:
+        raise ValueError(f"tol (relative bracket width) must be in (0, 1), got {tol!r}")
+    probes: dict[float, float] = {}
+
+    def accuracy(eps: float) -> float:
+        if eps not in probes:
+            probes[eps] = attacked_accuracy(attack_factory(eps), model, x, y)
+        return probes[eps]
+
+    clean = float((predict_logits(model, x).argmax(1).to(y.device) == y).float().mean())
+    if accuracy(hi) >= max_accuracy:
+        raise ValueError(f"the attack leaves accuracy {probes[hi]:.3f} ≥ max_accuracy={max_accuracy} even at "
+                         f"eps=hi={hi}; raise hi or use a stronger attack")
+    if accuracy(lo) < max_accuracy:
+        hi = lo
+    while hi - lo > tol * hi:
+        mid = (lo + hi) / 2
+        if accuracy(mid) < max_accuracy:
+            hi = mid
+        else:
+            lo = mid
+    curve = sorted(probes.items())
+    return MinimalEpsilon(eps=hi, accuracy=probes[hi], lower=lo, clean_accuracy=clean,
+                          max_accuracy=max_accuracy, curve=curve)
+
+
+__all__ = ["MinimalEpsilon", "attacked_accuracy", "minimal_epsilon"]

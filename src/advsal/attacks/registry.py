@@ -1,0 +1,53 @@
+"""Attacks by name, for the command line and configuration files."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from .base import Attack
+from .carlini_wagner import CarliniWagnerL2
+from .deepfool import DeepFool
+from .gradient import BIM, FGSM, PGD
+from .jsma import JSMA
+from .pixel import PixelAttack
+
+ATTACKS: dict[str, type[Attack]] = {
+    "fgsm": FGSM, "bim": BIM, "bim-l2": BIM, "pgd": PGD, "pgd-l2": PGD,
+    "jsma": JSMA, "cw": CarliniWagnerL2, "deepfool": DeepFool, "pixel": PixelAttack,
+}
+#: Parameters fixed by a registry name (e.g. "bim-l2" is BIM with norm="l2").
+PRESETS: dict[str, dict[str, Any]] = {"bim": {"norm": "linf"}, "bim-l2": {"norm": "l2"},
+                                      "pgd": {"norm": "linf"}, "pgd-l2": {"norm": "l2"}}
+
+
+def attack_parameters(name: str) -> dict[str, Any]:
+    """The parameters ``make_attack(name, ...)`` accepts, with defaults (``inspect.Parameter.empty`` if
+    required)."""
+    cls = _lookup(name)
+    fixed = PRESETS.get(name, {})
+    return {p.name: p.default for p in inspect.signature(cls.__init__).parameters.values()
+            if p.name != "self" and p.name not in fixed}
+
+
+def _lookup(name: str) -> type[Attack]:
+    if name not in ATTACKS:
+        raise ValueError(f"unknown attack {name!r}; available: {', '.join(ATTACKS)}")
+    return ATTACKS[name]
+
+
+def make_attack(name: str, **params: Any) -> Attack:
+    """Build the attack registered as ``name`` with ``params`` (e.g. ``make_attack("pgd-l2", eps=2.0)``)."""
+    cls = _lookup(name)
+    accepted = attack_parameters(name)
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        fixed = [p for p in unknown if p in PRESETS.get(name, {})]
+        hint = f" ({', '.join(fixed)} is fixed by the name {name!r})" if fixed else ""
+        raise ValueError(f"attack {name!r} has no parameter {', '.join(unknown)}{hint}; accepted: "
+                         f"{', '.join(accepted)}")
+    missing = [p for p, d in accepted.items() if d is inspect.Parameter.empty and p not in params]
+    if missing:
+        raise ValueError(f"attack {name!r} needs {', '.join(missing)} (e.g. make_attack({name!r}, "
+                         f"{missing[0]}=...))")
+    return cls(**PRESETS.get(name, {}), **params)

@@ -1,0 +1,30 @@
+"""Adversarial-example detection: the saliency detector of seed 001, the baselines it is compared with
+(Gong et al.'s "1+1" image detector, Metzen et al.'s feature-map detector, Grosse et al.'s N+1 classifier),
+and detection metrics (ROC, AUROC, TPR at a clean false-positive rate, seed 001 Table II rates).
+
+Adaptive (second-round) attacks on classifier + detector live in :mod:`advsal.attacks.adaptive`.
+"""
+
+from .detectors import (
+    INPUTS,
+    Detector,
+    DetectorHistory,
+    FeatureDetector,
+    NPlusOneDetector,
+    SaliencyDetector,
+    metzen_detector_net,
+)
+from .metrics import (
+    DetectionRates,
+    auroc,
+    detection_rates,
+    pooled,
+    roc_curve,
+    split_by_label,
+    threshold_at_fpr,
+    tpr_at_fpr,
+)
+
+__all__ = ["INPUTS", "DetectionRates", "Detector", "DetectorHistory", "FeatureDetector", "NPlusOneDetector",
+           "SaliencyDetector", "auroc", "detection_rates", "metzen_detector_net", "pooled", "roc_curve",
+           "split_by_label", "threshold_at_fpr", "tpr_at_fpr"]

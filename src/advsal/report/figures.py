@@ -1,0 +1,160 @@
+"""Saliency figures: heatmap overlays and clean-vs-adversarial saliency grids (matplotlib, PNG).
+
+Layouts follow seed 001 Fig. 1 (clean and adversarial image above their saliency) and seed 004 Figs. 2–7
+(saliency and Grad-CAM maps w.r.t. the true / predicted / adversarial class, clean vs adversarial).
+Figures are built on ``matplotlib.figure.Figure`` objects, never through pyplot, so no global figure state or
+backend is touched.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from ..store import atomic_write_bytes
+
+ArrayLike = np.ndarray | torch.Tensor
+
+
+def save_figure(fig: Figure, path: str | Path, dpi: int = 110, tight: bool = True) -> Path:
+    """Render ``fig`` to PNG and write it atomically (temporary file + rename); returns the path.
+
+    ``tight=True`` crops to the drawn content (pixel size then depends on the content); ``tight=False`` keeps
+    exactly ``figsize × dpi`` pixels.
+    """
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight" if tight else None)
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)
+
+
+def _numpy(a: ArrayLike) -> np.ndarray:
+    if isinstance(a, torch.Tensor):
+        a = a.detach().cpu().float().numpy()
+    return np.asarray(a, dtype=np.float32)
+
+
+def _image_hwc(image: ArrayLike) -> np.ndarray:
+    """(C, H, W) or (H, W) pixels in [0, 1] → (H, W) grey or (H, W, 3) RGB for imshow."""
+    img = _numpy(image)
+    if img.ndim == 3:
+        if img.shape[0] == 1:
+            img = img[0]
+        elif img.shape[0] == 3:
+            img = img.transpose(1, 2, 0)
+        else:
+            raise ValueError(f"image must have 1 or 3 channels (C, H, W), got shape {img.shape}")
+    elif img.ndim != 2:
+        raise ValueError(f"image must be (C, H, W) or (H, W), got shape {img.shape}")
+    return np.clip(img, 0.0, 1.0)
+
+
+def _map_hw(saliency: ArrayLike) -> np.ndarray:
+    """A saliency map as (H, W) magnitudes: (H, W), (1, H, W), or (C, H, W) reduced by max |·| over C."""
+    m = np.abs(_numpy(saliency))
+    if m.ndim == 3:
+        m = m.max(axis=0)
+    if m.ndim != 2:
+        raise ValueError(f"saliency map must be (H, W) or (C, H, W), got shape {m.shape}")
+    return m
+
+
+def _normalise(m: np.ndarray, scale: float | None = None) -> np.ndarray:
+    top = float(m.max()) if scale is None else scale
+    return m / top if top > 0 else np.zeros_like(m)
+
+
+def heatmap_overlay(image: ArrayLike, saliency: ArrayLike, alpha: float = 0.5, cmap: str = "jet",
+                    scale: float | None = None) -> np.ndarray:
+    """Blend a saliency map over an image: (H, W, 3) RGB floats in [0, 1].
+
+    ``saliency`` magnitudes (|·|, max over channels) are divided by ``scale`` (default: the map's own
+    maximum), coloured with ``cmap`` and mixed with the greyscale/RGB image as (1 − alpha)·image + alpha·heat.
+    """
+    img = _image_hwc(image)
+    m = _map_hw(saliency)
+    if m.shape != img.shape[:2]:
+        raise ValueError(f"saliency map {m.shape} and image {img.shape[:2]} differ in size; upsample the map "
+                         "(e.g. CamResult.upsampled)")
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    heat = matplotlib.colormaps[cmap](np.clip(_normalise(m, scale), 0, 1))[..., :3]
+    base = np.repeat(img[..., None], 3, axis=2) if img.ndim == 2 else img
+    return ((1 - alpha) * base + alpha * heat).astype(np.float32)
+
+
+def _draw_image(ax, image: np.ndarray) -> None:
+    ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
+
+
+def saliency_grid(images_clean: ArrayLike, images_adv: ArrayLike,
+                  maps: Mapping[str, tuple[ArrayLike, ArrayLike]], titles: Sequence[str] | None = None,
+                  path: str | Path | None = None, overlay: bool = False, cmap: str = "jet",
+                  cell_inches: float = 1.2, dpi: int = 100) -> Path | Figure:
+    """A clean-vs-adversarial saliency grid (seed 001 Fig. 1, seed 004 Figs. 2–7).
+
+    Each example gets two columns (clean | adversarial); the first row shows the images, then one row per
+    entry of ``maps`` (row label → (clean maps, adversarial maps), each (N, H, W), (N, 1, H, W) or
+    (N, C, H, W)), e.g. ``{"true class": ..., "predicted": ..., "adversarial class": ...}``. The clean and
+    adversarial map of one example share one colour scale, so their magnitudes compare. ``overlay=True``
+    blends maps over the images.
+    ``titles`` (one per example, e.g. "7 → 3") head each column pair.
+
+    The PNG is exactly ``(2N + 1) · cell_inches · dpi`` wide and ``(R + 1.5) · cell_inches · dpi`` high
+    (R = len(maps); one cell of row labels, half a cell of titles). Written atomically to ``path`` and the
+    path returned; with ``path=None`` the Figure is returned instead.
+    """
+    clean = _numpy(images_clean)
+    adv = _numpy(images_adv)
+    if clean.ndim != 4 or clean.shape != adv.shape:
+        raise ValueError(f"images_clean and images_adv must be NCHW batches of one shape, got {clean.shape} "
+                         f"and {adv.shape}")
+    n = clean.shape[0]
+    if n == 0:
+        raise ValueError("saliency_grid needs at least one example")
+    if titles is not None and len(titles) != n:
+        raise ValueError(f"titles needs one entry per example ({n}), got {len(titles)}")
+    rows = list(maps.items())
+    for label, pair in rows:
+        if len(pair) != 2 or any(len(m) != n for m in pair):
+            raise ValueError(f"maps[{label!r}] must be (clean maps, adversarial maps) with {n} maps each")
+
+    ncols, nrows = 2 * n, 1 + len(rows)
+    fig = Figure(figsize=((ncols + 1) * cell_inches, (nrows + 0.5) * cell_inches), dpi=dpi)
+    width, height = ncols + 1.0, nrows + 0.5
+    pad = 0.04
+    axes = [[fig.add_axes(((1 + c + pad) / width, (nrows - 1 - r + pad) / height, (1 - 2 * pad) / width,
+                           (1 - 2 * pad) / height)) for c in range(ncols)] for r in range(nrows)]
+    for i in range(n):
+        for side, batch in enumerate((clean, adv)):
+            ax = axes[0][2 * i + side]
+            _draw_image(ax, _image_hwc(batch[i]))
+            ax.set_title(("clean", "adversarial")[side], fontsize=7, pad=2)
+        if titles is not None:
+            fig.text((2 + 2 * i) / width, (nrows + 0.3) / height, str(titles[i]), ha="center",
+                     va="center", fontsize=8, fontweight="bold")
+    for r, (label, (clean_maps, adv_maps)) in enumerate(rows, start=1):
+        fig.text(0.5 / width, (nrows - r - 0.5) / height, str(label), ha="center", va="center", fontsize=8,
+                 wrap=True)
+        for i in range(n):
+            pair = (_map_hw(_numpy(clean_maps[i])), _map_hw(_numpy(adv_maps[i])))
+            scale = max(float(pair[0].max()), float(pair[1].max()))
+            for side, m in enumerate(pair):
+                ax = axes[r][2 * i + side]
+                if overlay:
+                    ax.imshow(heatmap_overlay((clean, adv)[side][i], m, cmap=cmap, scale=scale))
+                else:
+                    ax.imshow(_normalise(m, scale), cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+    fig.text(0.5 / width, (nrows - 0.5) / height, "image", ha="center", va="center", fontsize=8)
+    for ax in (a for row in axes for a in row):
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if path is None:
+        return fig
+    return save_figure(fig, path, dpi=dpi, tight=False)

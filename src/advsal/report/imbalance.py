@@ -1,0 +1,305 @@
+"""Report of the class-imbalance study: seed 002 Table 5.2 beside the thesis' numbers, vulnerability per
+class (balanced vs depleted), the paired tests with Holm's correction, confusion matrices, and the written
+conclusion.
+
+Everything is drawn from the stored results (``results.json``); nothing is recomputed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .charts import distributions, grouped_bars, matrix_heatmap
+from .document import Report
+
+#: Seed 002 Table 5.2 (CIFAR-10, one VGG-style network per dataset missing 4,000 of a class's 5,000 training
+#: images): overall accuracy, validation loss, class-specific accuracy, delta (balanced − depleted class).
+THESIS_TABLE52 = {
+    "airplane": (0.8026, 0.5731, 0.69, 0.15), "automobile": (0.8185, 0.5424, 0.77, 0.11),
+    "bird": (0.8075, 0.5797, 0.48, 0.32), "cat": (0.7931, 0.5966, 0.26, 0.43),
+    "deer": (0.8136, 0.5497, 0.70, 0.15), "dog": (0.8196, 0.5525, 0.58, 0.17),
+    "frog": (0.8338, 0.5071, 0.83, 0.05), "horse": (0.8239, 0.531, 0.69, 0.14),
+    "ship": (0.8333, 0.5133, 0.80, 0.10), "truck": (0.8348, 0.5215, 0.80, 0.13),
+}
+#: Seed 002 §5.3: the balanced network on the full CIFAR-10 training set (Figure 5.2).
+THESIS_BALANCED = (0.8345, 0.5033)
+
+QUESTION_LABELS = {
+    "own_accuracy_under_attack": "own acc. under attack",
+    "own_success": "own success",
+    "others_success": "others' success",
+    "towards_success": "towards-d success",
+    "landing_in_depleted": "landing in d",
+    "descent_success": "away-from-d success",
+    "own_min_eps": "own min ε",
+    "others_min_eps": "others' min ε",
+}
+ATTACK_LABELS = {"fgsm": "FGSM", "bim": "BIM", "min_eps": "min-ε search"}
+RATE_QUESTIONS = ("own_accuracy_under_attack", "own_success", "others_success", "towards_success",
+                  "landing_in_depleted", "descent_success")
+
+
+def _f(v: Any) -> float:
+    return float("nan") if v is None else float(v)
+
+
+def _pm(mean: Any, std: Any, digits: int = 3) -> str:
+    m, s = _f(mean), _f(std)
+    if np.isnan(m):
+        return "–"
+    return f"{m:.{digits}f}" if np.isnan(s) else f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+def _signed(v: Any, digits: int, scale: float = 1.0, star: bool = False) -> str:
+    x = _f(v)
+    return "–" if np.isnan(x) else f"{x * scale:+.{digits}f}{'*' if star else ''}"
+
+
+def _arr(values: Any) -> np.ndarray:
+    return np.array([np.nan if v is None else v for v in values], dtype=float)
+
+
+def _nanmean(a: np.ndarray) -> float:
+    a = a[np.isfinite(a)]
+    return float(a.mean()) if len(a) else float("nan")
+
+
+def _method_paragraphs(rep: Report, results: dict[str, Any]) -> None:
+    cfg = results["config"]
+    m, att, me = cfg["model"], cfg["attacks"], cfg["min_eps"]
+    removal = cfg["removal"]
+    removed = f"{removal:.0%} of" if isinstance(removal, float) else f"{removal} of the"
+    training = f"optimiser {m['optimizer']} lr {m['lr']:g}"
+    if m["lr_decay"]:
+        training += f" decay {m['lr_decay']:g}"
+    training += f", batch {m['batch_size']}, at most {m['epochs']} epochs"
+    if m["patience"]:
+        monitored = (f"the loss on a {cfg['val_fraction']:.0%} validation split" if cfg["val_fraction"]
+                     else "the training loss")
+        training += f", early stopping δ = {m['min_delta']:g} patience {m['patience']} on {monitored}"
+    data = results["data"]
+    rep.paragraph(
+        f"Seed 002 (Possas 2017) on {cfg['data']['name']}: {data['train']}; {data['test']}. Per seed "
+        f"({', '.join(map(str, cfg['seeds']))}) one balanced {m['architecture']} and one per depleted class, "
+        f"each trained without {removed} that class's training images (advsal.data.deplete_class; the "
+        f"removed images differ per seed); {training}.")
+    rep.paragraph(
+        f"Attacks (L∞, pixel units) on {data['attack_set']}, the same images for every model and seed: FGSM "
+        f"ε = {att['fgsm_eps']:g} and BIM (iterative FGSM) ε = {att['bim_eps']:g} with {att['bim_steps']} "
+        "steps of 2.5·ε/steps — untargeted (seed 002 §3.5 'ascent'), targeted towards the depleted class d "
+        "on the other classes' images and, on d's images, targeted away from d towards a seeded random other "
+        "class (§3.5 'descent'). Minimal ε per example: bisection over BIM's budget on "
+        f"[0, {me['eps_max']:g}] with {me['probes']} halvings (resolution "
+        f"{me['eps_max'] / 2 ** me['probes']:.4f}, BIM with {me['steps']} steps), on "
+        f"{data['min_eps_per_class']} images per class; images never fooled count as {me['eps_max']:g}.")
+
+
+def render_imbalance_report(run_dir: Path, results: dict[str, Any]) -> tuple[Path, Path]:
+    fig_dir = run_dir / "figures"
+    cfg = results["config"]
+    names: list[str] = results["classes"]
+    depleted: list[int] = results["depleted_classes"]
+    seeds = cfg["seeds"]
+    vul = results["vulnerability"]
+    tests = results["tests"]
+
+    rep = Report("Class imbalance and adversarial vulnerability — study report")
+    _method_paragraphs(rep, results)
+
+    rep.heading("Conclusion (generated from the measured numbers)")
+    rep.bullets(results["conclusions"])
+    rep.paragraph(
+        "Test: for every depleted class d, attack and question, the depleted model is compared with the "
+        "balanced model of the same seed on the same images — those both classify correctly, so clean errors "
+        "do not count as attack success (except 'own acc. under attack', which uses all of d's images). The "
+        "paired per-image differences of all seeds are pooled and tested with a two-sided sign-flip "
+        f"permutation test ({cfg['permutations']} resamples, exact below 17 non-zero differences); the "
+        f"{len(tests)} p-values are corrected with Holm's step-down method at family-wise α = "
+        f"{cfg['alpha']:g}. Images are the unit of replication, so the test speaks for these trained models; "
+        "the spread over seeds (± std, and how many seeds moved each way) shows how much retraining varies.")
+
+    _table52(rep, results)
+
+    labels = ["balanced", *[f"deplete{d}" for d in depleted]]
+    row_names = ["balanced", *[f"−{names[d]}" for d in depleted]]
+    acc = np.array([_arr(vul[lab]["per_class_accuracy"]) for lab in labels])
+    rep.figure(matrix_heatmap(acc, row_names, names, fig_dir / "per_class_accuracy.png",
+                              "test accuracy per class (mean over seeds)", "class", "model", vmin=0, vmax=1),
+               "Per-class test accuracy of the balanced model and of each depleted model (rows; '−c' = "
+               "trained without most of class c).")
+
+    _vulnerability_section(rep, results, fig_dir)
+
+    rep.heading("Vulnerability per model and class")
+    att = cfg["attacks"]
+    for a in ("fgsm", "bim"):
+        mat = np.array([_arr(vul[lab][f"{a}.success_rate"]) for lab in labels])
+        rep.figure(matrix_heatmap(mat, row_names, names, fig_dir / f"success_{a}.png",
+                                  f"{ATTACK_LABELS[a]} untargeted success rate", "true class", "model",
+                                  vmin=0, vmax=1),
+                   f"{ATTACK_LABELS[a]} (ε = {att[f'{a}_eps']:g}) untargeted success rate per true class, "
+                   "over each model's correctly classified attack images (mean over seeds).")
+    mat = np.array([_arr(vul[lab]["bim.landing_share"]) for lab in labels])
+    rep.figure(matrix_heatmap(mat, row_names, names, fig_dir / "landing_bim.png",
+                              "where BIM adversarial examples land", "adversarial prediction", "model",
+                              vmin=0),
+               "Share of the other classes' successful untargeted BIM adversarial examples that are "
+               "predicted as the column class (mean over seeds). A depleted model's entry in its own class's "
+               "column, against the balanced row, says whether d pulls adversarial examples in or pushes "
+               "them away.")
+    rows = []
+    for lab, rn in zip(labels, row_names, strict=True):
+        v = vul[lab]
+        rows.append([rn, *[_f(x) for x in v["bim.success_rate"]], _nanmean(_arr(v["bim.mean_confidence"])),
+                     _nanmean(_arr(v["min_eps.median"]))])
+    rep.table(["model", *[f"BIM succ. {n}" for n in names], "mean adv. confidence", "median min ε"], rows,
+              caption="BIM untargeted success per class; mean softmax confidence of the successful "
+                      "adversarial predictions and the per-class median minimal ε, both averaged over "
+                      "classes; means over seeds.")
+
+    rep.heading("All paired tests")
+    rows = []
+    for t in tests:
+        digits = 4 if t["question"].endswith("min_eps") else 3
+        rows.append([names[t["class"]], ATTACK_LABELS[t["attack"]], QUESTION_LABELS[t["question"]],
+                     _pm(t["balanced_mean"], t["balanced_std"], digits),
+                     _pm(t["depleted_mean"], t["depleted_std"], digits), _signed(t["difference"], digits),
+                     f"{t['seeds_up']}↑ {t['seeds_down']}↓", t["n_pairs"], t["n_discordant"],
+                     _f(t["p_value"]), _f(t["p_holm"]), t["significant"]])
+    rep.table(["depleted class", "attack", "question", "balanced", "depleted", "difference", "seeds",
+               "pairs", "non-zero", "p", "p (Holm)", "significant"], rows, digits=4)
+
+    rep.heading("Confusion matrices (test set, summed over seeds)")
+    for lab, rn in zip(labels, row_names, strict=True):
+        cm = np.array(vul[lab]["confusion"], dtype=float)
+        total = cm.sum(1, keepdims=True)
+        norm = np.divide(cm, total, out=np.zeros_like(cm), where=total > 0)
+        rep.figure(matrix_heatmap(norm, names, names, fig_dir / f"confusion_{lab}.png", f"confusion: {rn}",
+                                  "predicted", "true", vmin=0, vmax=1),
+                   f"Row-normalised test confusion matrix of the {rn} model ({len(seeds)} seed(s) summed).")
+
+    rep.heading("Stage timings")
+    timings = results.get("timings", [])
+    computed = sum(t["seconds"] for t in timings if not t["cached"])
+    rep.paragraph(f"{len(timings)} stages, {sum(1 for t in timings if t['cached'])} served from the cache; "
+                  f"{computed:.1f}s computed in the run that wrote these results.")
+    rep.table(["stage", "seconds"],
+              [[t["stage"], "cached" if t["cached"] else t["seconds"]] for t in timings], digits=1)
+    return rep.write(run_dir)
+
+
+def _table52(rep: Report, results: dict[str, Any]) -> None:
+    cfg, names, t52 = results["config"], results["classes"], results["table52"]
+    rep.heading("Table 5.2 — per-dataset performance (thesis layout)")
+    cifar = str(cfg["data"]["name"]).startswith("cifar10")
+    headers = ["depleted class", "train images of class", "overall accuracy", "test loss",
+               "class-specific accuracy", "delta (balanced − depleted)"]
+    if cifar:
+        headers += ["thesis accuracy", "thesis val. loss", "thesis class acc.", "thesis delta"]
+    b = t52["balanced"]
+    counts = results["data"]["train_counts"]
+    rows: list[list[Any]] = [["(balanced)", f"{min(counts)}–{max(counts)}",
+                              _pm(b["accuracy"], b["accuracy_std"], 4), _pm(b["loss"], b["loss_std"], 4), "–",
+                              "–"]]
+    if cifar:
+        rows[0] += [THESIS_BALANCED[0], THESIS_BALANCED[1], None, None]
+    for r in t52["rows"]:
+        row = [names[r["class"]], r["train_count"], _pm(r["accuracy"], r["accuracy_std"], 4),
+               _pm(r["loss"], r["loss_std"], 4), _pm(r["class_accuracy"], r["class_accuracy_std"]),
+               _pm(r["class_accuracy_delta"], r["class_accuracy_delta_std"])]
+        if cifar:
+            row += list(THESIS_TABLE52.get(names[r["class"]], (None,) * 4))
+        rows.append(row)
+    caption = ("Mean ± std over seeds; loss = mean cross-entropy on the test set (the thesis' 'validation "
+               "loss' is measured on its test set too).")
+    if not cifar:
+        caption += (" The thesis' numbers are for CIFAR-10 (preset configs/imbalance-cifar10.yaml) and are "
+                    "listed below the table, not beside it: this dataset is not comparable with them.")
+    rep.table(headers, rows, caption=caption, digits=4)
+    if not cifar:
+        rep.paragraph("Thesis Table 5.2 (CIFAR-10; accuracy / validation loss / class accuracy / delta): "
+                      + "; ".join(f"{k} {v[0]:.2%} / {v[1]:.4f} / {v[2]:.0%} / {v[3]:.0%}"
+                                  for k, v in THESIS_TABLE52.items())
+                      + f"; balanced {THESIS_BALANCED[0]:.2%} / {THESIS_BALANCED[1]:.4f}.")
+
+
+def _vulnerability_section(rep: Report, results: dict[str, Any], fig_dir: Path) -> None:
+    names, depleted, tests = results["classes"], results["depleted_classes"], results["tests"]
+    seeds = results["config"]["seeds"]
+    rep.heading("Does depleting a class change its vulnerability? (depleted − balanced, paired)")
+    by = {(t["class"], t["attack"], t["question"]): t for t in tests}
+    cols = [(a, q) for a in ("fgsm", "bim") for q in RATE_QUESTIONS]
+    delta = np.array([[_f(by[(d, a, q)]["difference"]) if (d, a, q) in by else np.nan for a, q in cols]
+                      for d in depleted]) * 100
+    col_names = [f"{ATTACK_LABELS[a]} {QUESTION_LABELS[q]}" for a, q in cols]
+    lim = float(np.nanmax(np.abs(delta))) if np.isfinite(delta).any() else 1.0
+    rep.figure(matrix_heatmap(delta, [names[d] for d in depleted], col_names, fig_dir / "delta_heatmap.png",
+                              "depleted − balanced (percentage points)", "metric", "depleted class",
+                              fmt="{:+.1f}", vmin=-lim, vmax=lim or 1.0, cmap="RdBu_r"),
+               "Class × metric: paired mean difference, depleted − balanced, in percentage points. 'own' = "
+               "images of the depleted class d, 'others' = images of the other classes, 'landing in d' = "
+               "other classes' untargeted adversarial predictions that are d.")
+    rows = []
+    for d in depleted:
+        row: list[Any] = [names[d]]
+        for a, q in [*cols, ("min_eps", "own_min_eps"), ("min_eps", "others_min_eps")]:
+            t = by.get((d, a, q))
+            if t is None:
+                row.append("–")
+            elif q.endswith("min_eps"):
+                row.append(_signed(t["difference"], 4, star=t["significant"]))
+            else:
+                row.append(_signed(t["difference"], 1, 100, star=t["significant"]))
+        rows.append(row)
+    rep.table(["depleted class", *col_names, "own min ε", "others' min ε"], rows,
+              caption="Paired mean differences (depleted − balanced): rates in percentage points, ε in pixel "
+                      "units; * = significant after Holm.")
+
+    bars = [("bim", "own_success", "BIM success rate"), ("fgsm", "own_success", "FGSM success rate"),
+            ("bim", "own_accuracy_under_attack", "accuracy under BIM"),
+            ("min_eps", "own_min_eps", "minimal ε"), ("bim", "towards_success", "success towards d"),
+            ("bim", "landing_in_depleted", "share landing in d")]
+    for a, q, ylabel in bars:
+        rs = [by.get((d, a, q)) for d in depleted]
+        if not all(rs):
+            continue
+        cats = [names[d] + ("*" if r["significant"] else "") for d, r in zip(depleted, rs, strict=True)]
+        vals = {"balanced": [_f(r["balanced_mean"]) for r in rs],
+                "depleted": [_f(r["depleted_mean"]) for r in rs]}
+        errs = {k: [0.0 if np.isnan(_f(r[f"{k}_std"])) else _f(r[f"{k}_std"]) for r in rs]
+                for k in ("balanced", "depleted")}
+        path = grouped_bars(vals, cats, fig_dir / f"bars_{a}_{q}.png", errs,
+                            f"{ATTACK_LABELS[a]}: {QUESTION_LABELS[q]}", ylabel)
+        rep.figure(path, f"{ATTACK_LABELS[a]}, {QUESTION_LABELS[q]}: balanced vs depleted model for each "
+                         f"depleted class d (x axis), mean ± std over {len(seeds)} seed(s); * = significant "
+                         "after Holm.")
+
+    vul = results["vulnerability"]
+    rows = []
+    for d in depleted:
+        row: list[Any] = [names[d]]
+        bal, dep = vul["balanced"], vul[f"deplete{d}"]
+        for a in ("fgsm", "bim"):
+            conf, land = f"{a}.mean_confidence", f"{a}.landing_share"
+            row += [_f(bal[conf][d]), _f(dep[conf][d]), _f(bal[land][d]), _f(dep[land][d])]
+        rows.append(row)
+    rep.table(["depleted class d", *[f"{ATTACK_LABELS[a]} {what}" for a in ("fgsm", "bim")
+                                     for what in ("conf. balanced", "conf. depleted", "lands in d balanced",
+                                                  "lands in d depleted")]], rows,
+              caption="Mean softmax confidence of the successful untargeted adversarial predictions on d's "
+                      "images, and the share of the other classes' successful adversarial examples that land "
+                      "in d; each model on its own correctly classified images, means over seeds "
+                      "(descriptive).")
+
+    samples: dict[str, np.ndarray] = {}
+    for d in depleted:
+        for lab, short in (("balanced", "bal"), (f"deplete{d}", "dep")):
+            vals = [v for s in seeds for v in results["models"][str(s)][lab]["min_eps"]["values"][d]]
+            samples[f"{names[d]} {short}"] = np.array(vals, dtype=float)
+    rep.figure(distributions(samples, fig_dir / "min_eps_distributions.png",
+                             "minimal ε of the depleted class's images", "minimal L∞ ε"),
+               "Per-example minimal ε (BIM bisection) of each depleted class's images that the model "
+               "classifies correctly, balanced ('bal') vs depleted ('dep') model, pooled over seeds.")

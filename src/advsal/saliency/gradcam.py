@@ -1,0 +1,156 @@
+"""Grad-CAM and Guided Grad-CAM (Selvaraju et al. 2017) of any named layer.
+
+Seed 004 §3 visualises the Grad-CAM of the last convolutional layer with respect to the true, the predicted
+and the adversarial class; seeds 000/001 §5 compare layer-wise Grad-CAM of clean and adversarial images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..tensors import frozen, model_device
+from ._core import (
+    SCORES,
+    Target,
+    all_class_grads,
+    check_choice,
+    check_inputs,
+    check_logits,
+    class_scores,
+    default_layer,
+    find_layers,
+    finish_targets,
+    pre_resolve,
+    prepare_input,
+    selected_sum,
+)
+from .gradients import guided_backprop
+
+Layer = str | nn.Module
+
+
+@dataclass(frozen=True)
+class CamResult:
+    """Grad-CAM of one layer.
+
+    ``cam``: (N, h, w) at the layer's resolution — or (N, classes, h, w) with ``all_classes``;
+    ``upsampled``: the same bilinearly resized to the input's (H, W) (None when ``upsample=False``);
+    ``layer``: the layer name; ``target``: the explained class per example (None with ``all_classes``).
+    Values are raw (not normalised to [0, 1]); the figure helpers normalise for display.
+    """
+
+    cam: torch.Tensor
+    upsampled: torch.Tensor | None
+    layer: str
+    target: torch.Tensor | None
+
+
+def _capture_hook(name: str, store: dict[str, torch.Tensor]):
+    def hook(module: nn.Module, inputs: tuple, output: object) -> torch.Tensor:
+        if name in store:
+            raise ValueError(f"layer {name!r} runs more than once in one forward pass (a shared module), so "
+                             "its activation is ambiguous; give Grad-CAM a layer that is called once")
+        if not isinstance(output, torch.Tensor) or output.dim() != 4:
+            shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+            raise ValueError(f"layer {name!r} outputs {shape}; Grad-CAM needs a layer with spatial "
+                             "(N, K, h, w) output, such as a convolution, its activation or a conv block")
+        # the first hooked layer becomes a leaf: the backward pass then stops there, nothing upstream is taped
+        act = output if output.requires_grad else output.detach().requires_grad_(True)
+        store[name] = act
+        return act.clone()  # later in-place ops (ReLU(inplace=True)) must not overwrite the stored activation
+
+    return hook
+
+
+def grad_cam(model: nn.Module, x: torch.Tensor, target: Target = "predicted",
+             layer: Layer | Sequence[Layer] | None = None, labels: torch.Tensor | None = None,
+             upsample: bool = True, relu: bool = True, score: str = "logit",
+             all_classes: bool = False) -> CamResult | dict[str, CamResult]:
+    """Grad-CAM (Selvaraju et al. 2017 Eq. 1–2): α_k^c = mean_ij ∂y^c/∂A^k_ij, L^c = ReLU(Σ_k α_k^c A^k).
+
+    Args:
+        model: any classifier mapping [0, 1] images to logits (its mode and flags are restored afterwards).
+        x: (N, C, H, W) images in [0, 1].
+        target: one class per example — a tensor of N indices, an int, ``"predicted"`` or ``"true"``.
+        layer: a ``model.named_modules()`` name (or the module) whose output A is explained, or a list of them
+            (→ a dict name → CamResult from one forward/backward pass); default ``model.cam_layer`` (zoo
+            models: the last convolutional stage), else the model's last ``nn.Conv2d``.
+        labels: the true labels, needed for ``target="true"``.
+        upsample: also return the map bilinearly resized to (H, W) (``align_corners=False``).
+        relu: apply the ReLU of Eq. 2 (off: the signed map).
+        score: y^c — ``"logit"`` (the pre-softmax score, as in the paper), ``"log_softmax"`` or ``"softmax"``.
+        all_classes: maps for every class, ``cam`` of shape (N, classes, h, w), from one forward pass and one
+            batched backward (much cheaper than one call per class); ``target`` is then ignored.
+
+    Returns a :class:`CamResult` (a dict of them for a list of layers), tensors on x's device.
+    """
+    check_inputs(x)
+    check_choice(score, SCORES, "score")
+    single = layer is None or isinstance(layer, (str, nn.Module))
+    requested = [default_layer(model) if layer is None else layer] if single else list(layer)  # type: ignore[arg-type]
+    if not requested:
+        raise ValueError("layer is an empty list; pass a layer name or a list of names")
+    layers = list(dict(find_layers(model, requested)).items())
+    device = model_device(model)
+    pre = None if all_classes else pre_resolve(model, x, target, labels, device)
+
+    acts: dict[str, torch.Tensor] = {}
+    handles = []
+    try:
+        with frozen(model), torch.enable_grad():
+            for name, module in layers:
+                handles.append(module.register_forward_hook(_capture_hook(name, acts)))
+            logits = model(prepare_input(x, device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    missing = [name for name, _ in layers if name not in acts]
+    if missing:
+        raise ValueError(f"layer(s) {missing} did not run in the model's forward pass; pick layers it calls")
+    check_logits(logits, x.shape[0])
+    t = None if all_classes else finish_targets(pre, logits, x.shape[0])
+    scores = class_scores(logits, score)
+    tensors = [acts[name] for name, _ in layers]
+    if not scores.requires_grad:
+        raise ValueError(f"the logits do not depend on layer(s) {[n for n, _ in layers]}; pick a layer on "
+                         "the path from the input to the logits")
+    with torch.enable_grad():
+        if all_classes:
+            grads = all_class_grads(scores, tensors)
+        else:
+            grads = list(torch.autograd.grad(selected_sum(scores, t), tensors, allow_unused=True))
+    results: dict[str, CamResult] = {}
+    for (name, _), act, grad in zip(layers, tensors, grads, strict=True):
+        if grad is None:
+            raise ValueError(f"the logits do not depend on layer {name!r}; pick a layer on the path from the "
+                             "input to the logits")
+        weights = grad.mean(dim=(-2, -1))  # α_k^c, Eq. 1
+        # Σ_k α_k^c A^k (Eq. 2) as a batched matrix product: no (N, classes, K, h, w) temporary
+        cam = torch.einsum("nck,nkhw->nchw" if all_classes else "nk,nkhw->nhw", weights, act.detach())
+        if relu:
+            cam = cam.clamp(min=0)
+        up = None
+        if upsample:
+            grid = cam if all_classes else cam.unsqueeze(1)
+            up = F.interpolate(grid, size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False)
+            up = (up if all_classes else up.squeeze(1)).to(x.device)
+        results[name] = CamResult(cam.to(x.device), up, name, None if t is None else t.to(x.device))
+    return next(iter(results.values())) if single else results
+
+
+def guided_grad_cam(model: nn.Module, x: torch.Tensor, target: Target = "predicted",
+                    layer: Layer | None = None, labels: torch.Tensor | None = None,
+                    score: str = "logit") -> torch.Tensor:
+    """Guided Grad-CAM (Selvaraju et al. 2017 §3): guided backpropagation × the upsampled Grad-CAM map,
+    shape (N, C, H, W). Both use the same target classes."""
+    if layer is not None and not isinstance(layer, (str, nn.Module)):
+        raise ValueError("guided_grad_cam takes one layer; call it once per layer")
+    cam = grad_cam(model, x, target, layer=layer, labels=labels, score=score)
+    assert isinstance(cam, CamResult) and cam.upsampled is not None
+    guided = guided_backprop(model, x, cam.target, score=score)
+    return guided * cam.upsampled.unsqueeze(1)
