@@ -115,4 +115,4 @@ def test_bad_config_names_valid_options(tmp_path):
 def test_layer_defaults():
     from advsal.models import build_model
 
-    assert detection.default_layers(build_model("mnist-net")) == ["features.1", "features.5", "features.8"]
+    assert detection.default_layers(build_model("mnist-net")) == ["features.1", "features.6", "features.8"]
