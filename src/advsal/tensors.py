@@ -10,7 +10,9 @@ import contextlib
 from collections.abc import Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 
 def check_images(x: torch.Tensor, name: str = "x") -> None:
@@ -108,3 +110,30 @@ def resolve_target(model: nn.Module, x: torch.Tensor, target: torch.Tensor | str
         check_labels(target, n, name="target")
         return target.long().to(x.device)
     raise ValueError(f"target must be a tensor, an int, 'predicted' or 'true', got {type(target).__name__}")
+
+
+class ReLUReplacementMode(TorchFunctionMode):
+    """A torch-function mode that reroutes every ReLU called while it is active — ``nn.ReLU`` (which calls
+    ``F.relu``), in-place ``nn.ReLU(inplace=True)``, ``torch.relu``/``F.relu``/``relu_`` and ``Tensor.relu(_)`` —
+    to ``self.replace(z, inplace)``. Guided backprop and the smooth surrogate of adaptive attacks subclass it;
+    ``replaced`` counts the ReLUs rerouted."""
+
+    _INPLACE = {torch.relu: False, torch.relu_: True, torch.Tensor.relu: False, torch.Tensor.relu_: True}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.replaced = 0
+
+    def replace(self, z: torch.Tensor, inplace: bool) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.relu:
+            inplace = bool(kwargs.get("inplace", args[1] if len(args) > 1 else False))
+        elif func in self._INPLACE:
+            inplace = self._INPLACE[func]
+        else:
+            return func(*args, **kwargs)
+        self.replaced += 1
+        return self.replace(args[0], inplace)

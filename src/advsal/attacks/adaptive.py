@@ -26,10 +26,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.overrides import TorchFunctionMode
 
 from ..progress import Bar
-from ..tensors import frozen, model_device
+from ..tensors import ReLUReplacementMode, frozen, model_device
 from .base import Attack, AttackResult, check_nonnegative, check_positive_int, perturbation_norms
 from .gradient import loss_gradient, project
 
@@ -55,27 +54,15 @@ class AdaptiveResult(AttackResult):
 
 
 # --------------------------------------------------------------------------------------------- surrogate ReLU
-class _SoftplusReLUMode(TorchFunctionMode):
-    """Replaces every ReLU called in a forward pass (``nn.ReLU``, in-place or not, ``torch.relu``, ``F.relu``,
-    ``Tensor.relu(_)``) with softplus(β·z)/β, a smooth function with non-zero second derivative."""
-
-    _INPLACE = {torch.relu: False, torch.relu_: True, torch.Tensor.relu: False, torch.Tensor.relu_: True}
+class _SoftplusReLUMode(ReLUReplacementMode):
+    """Replaces every ReLU called in a forward pass with softplus(β·z)/β, a smooth function with non-zero second
+    derivative (see ``advsal.tensors.ReLUReplacementMode`` for which calls are caught)."""
 
     def __init__(self, beta: float) -> None:
         super().__init__()
         self.beta = beta
-        self.replaced = 0
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is F.relu:
-            inplace = bool(kwargs.get("inplace", args[1] if len(args) > 1 else False))
-        elif func in self._INPLACE:
-            inplace = self._INPLACE[func]
-        else:
-            return func(*args, **kwargs)
-        self.replaced += 1
-        z = args[0]
+    def replace(self, z: Tensor, inplace: bool) -> Tensor:
         out = F.softplus(z.clone() if inplace else z, beta=self.beta)
         return z.copy_(out) if inplace else out
 

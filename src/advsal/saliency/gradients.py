@@ -10,10 +10,8 @@ from __future__ import annotations
 import contextlib
 
 import torch
-import torch.nn.functional as F
-from torch.overrides import TorchFunctionMode
 
-from ..tensors import frozen, model_device
+from ..tensors import ReLUReplacementMode, frozen, model_device
 from ._core import (
     SCORES,
     Target,
@@ -51,26 +49,11 @@ class _GuidedReLUFunction(torch.autograd.Function):
         return grad.clamp(min=0) * (out > 0).to(grad.dtype), None
 
 
-class _GuidedReLUMode(TorchFunctionMode):
-    """Routes every ReLU of a forward pass to the guided ReLU: ``nn.ReLU`` (which calls ``F.relu``), in-place
-    ``nn.ReLU(inplace=True)``, and functional ``torch.relu``/``F.relu``/``relu_``/``Tensor.relu(_)`` calls."""
+class _GuidedReLUMode(ReLUReplacementMode):
+    """Routes every ReLU of a forward pass to the guided ReLU (see ``advsal.tensors.ReLUReplacementMode``)."""
 
-    _INPLACE = {torch.relu: False, torch.relu_: True, torch.Tensor.relu: False, torch.Tensor.relu_: True}
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.replaced = 0
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is F.relu:
-            inplace = bool(kwargs.get("inplace", args[1] if len(args) > 1 else False))
-        elif func in self._INPLACE:
-            inplace = self._INPLACE[func]
-        else:
-            return func(*args, **kwargs)
-        self.replaced += 1
-        return _GuidedReLUFunction.apply(args[0], inplace)
+    def replace(self, z: torch.Tensor, inplace: bool) -> torch.Tensor:
+        return _GuidedReLUFunction.apply(z, inplace)
 
 
 def input_gradients(model: torch.nn.Module, x: torch.Tensor, target: Target, labels: torch.Tensor | None,

@@ -38,7 +38,6 @@ Decision rules (explicit, applied mechanically to the numbers):
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -58,7 +57,7 @@ from ..saliency import compare as cmp
 from ..saliency import grad_cam, guided_backprop
 from ..store import RunStore, write_json
 from ..tensors import predict_logits
-from .common import DataConfig, Log, ModelConfig, StageLog, config_from_yaml, load_data, train_stage
+from .common import DataConfig, Log, ModelConfig, as_plain, config_from_yaml, start_study
 
 CONFIGS_DIR = Path(__file__).resolve().parents[3] / "configs"
 #: The four map combinations of seed 004: (image, class) with x = original, a = adversarial, c = true class C,
@@ -581,12 +580,8 @@ def _ratio(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 # Stages
 
 
-def _asdict(obj: Any) -> Any:
-    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
-
-
 def _attack_specs(cfg: Config) -> dict[str, dict[str, Any]]:
-    specs = {"pgd": {"kind": "pgd", **_asdict(cfg.pgd)}}
+    specs = {"pgd": {"kind": "pgd", **as_plain(cfg.pgd)}}
     for k in cfg.pixel.pixels:
         specs[f"pixel{k}"] = {"kind": "pixel", "pixels": int(k), "population": cfg.pixel.population,
                               "generations": cfg.pixel.generations}
@@ -698,19 +693,11 @@ def _select_images(model: torch.nn.Module, test: ImageSet, n: int,
 def run(cfg: Config, run_dir: str | Path, log: Log = None) -> dict[str, Any]:
     """Run (or resume) the attention study in ``run_dir``; writes results.json and the report."""
     run_dir = Path(run_dir)
-    store = RunStore(run_dir)
-    stages = StageLog(store, log)
-    torch.manual_seed(cfg.seed)
-    results: dict[str, Any] = {"study": "attention", "config": _asdict(cfg)}
-
-    train, test = load_data(cfg.data)
-    model, f_metrics = train_stage(store, "classifier", cfg.data, cfg.classifier, train, test)
-    stages.flush()
-    results["data"] = {"train": train.describe(), "test": test.describe()}
-    results["classifier"] = {"architecture": cfg.classifier.architecture, **f_metrics}
+    start = start_study("attention", cfg, run_dir, log)
+    store, stages, test, model, results = start.store, start.stages, start.test, start.model, start.results
     layers = list(cfg.layers) if cfg.layers else default_layers(model)
     results["layers"] = layers
-    key = {"data": _asdict(cfg.data), "model": _asdict(cfg.classifier), "n_images": cfg.n_images}
+    key = {**start.key, "n_images": cfg.n_images}
     x, y = _select_images(model, test, cfg.n_images, cfg.seed)
 
     attacks: dict[str, Any] = {}

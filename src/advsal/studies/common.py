@@ -150,7 +150,36 @@ class StageLog:
         self._seen = len(self.store.records)
 
 
-def predictions(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    from ..tensors import predict_logits
+def as_plain(obj: Any) -> Any:
+    """A dataclass as a plain dict (for results and cache keys); anything else unchanged."""
+    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
 
-    return predict_logits(model, x).argmax(1)
+
+@dataclasses.dataclass
+class StudyStart:
+    """What every study has after its first stage: the store, the stage log, the data, the trained classifier,
+    the results header, and ``key`` (data + classifier configuration) to prefix later stages' keys."""
+
+    store: RunStore
+    stages: StageLog
+    train: ImageSet
+    test: ImageSet
+    model: ZooModel
+    results: dict[str, Any]
+    key: dict[str, Any]
+
+
+def start_study(study: str, cfg: Any, run_dir: str | Path, log: Log) -> StudyStart:
+    """Open the run directory, load ``cfg.data`` and train (or load) ``cfg.classifier`` as the cached stage
+    "classifier"; ``cfg`` needs ``data``, ``classifier`` and ``seed``."""
+    store = RunStore(Path(run_dir))
+    stages = StageLog(store, log)
+    torch.manual_seed(cfg.seed)
+    train, test = load_data(cfg.data)
+    model, metrics = train_stage(store, "classifier", cfg.data, cfg.classifier, train, test)
+    stages.flush()
+    results: dict[str, Any] = {"study": study, "config": as_plain(cfg),
+                               "data": {"train": train.describe(), "test": test.describe()},
+                               "classifier": {"architecture": cfg.classifier.architecture, **metrics}}
+    key = {"data": as_plain(cfg.data), "model": as_plain(cfg.classifier)}
+    return StudyStart(store, stages, train, test, model, results, key)

@@ -35,7 +35,7 @@ from ..detection import metrics as dm
 from ..detection.detectors import FeatureDetector, NPlusOneDetector, SaliencyDetector
 from ..saliency import grad_cam, gradient
 from ..store import RunStore, write_json
-from .common import DataConfig, Log, ModelConfig, StageLog, config_from_yaml, load_data, train_stage
+from .common import DataConfig, Log, ModelConfig, StageLog, as_plain, config_from_yaml, start_study
 
 CONFIGS_DIR = Path(__file__).resolve().parents[3] / "configs"
 
@@ -114,10 +114,6 @@ def load_config(path: str | Path | None) -> Config:
 
 # ----------------------------------------------------------------------------------------------------------------
 # Stage helpers
-
-
-def _asdict(obj: Any) -> Any:
-    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
 
 
 def _attack_params(cfg: Config, name: str, eps: float | None) -> dict[str, Any]:
@@ -213,18 +209,10 @@ def default_layers(model: torch.nn.Module) -> list[str]:
 def run(cfg: Config, run_dir: str | Path, log: Log = None) -> dict[str, Any]:
     """Run (or resume) the detection study in ``run_dir``; writes results.json and the report."""
     run_dir = Path(run_dir)
-    store = RunStore(run_dir)
-    stages = StageLog(store, log)
-    torch.manual_seed(cfg.seed)
-    results: dict[str, Any] = {"study": "detection", "config": _asdict(cfg)}
-
     # Step 1: data and classifier F ----------------------------------------------------------------------
-    train, test = load_data(cfg.data)
-    model, f_metrics = train_stage(store, "classifier", cfg.data, cfg.classifier, train, test)
-    stages.flush()
-    results["data"] = {"train": train.describe(), "test": test.describe()}
-    results["classifier"] = {"architecture": cfg.classifier.architecture, **f_metrics}
-    clf_key = {"data": _asdict(cfg.data), "model": _asdict(cfg.classifier)}
+    start = start_study("detection", cfg, run_dir, log)
+    store, stages, train, test, model = start.store, start.stages, start.train, start.test, start.model
+    results, clf_key = start.results, start.key
 
     train_sub = subset(train, cfg.n_train, cfg.seed)
     test_sub = subset(test, cfg.n_test, cfg.seed)
@@ -349,7 +337,7 @@ def _detector_stage(store: RunStore, cfg: Config, clf_key: dict, kind: str, atta
                     adv_test: torch.Tensor) -> tuple[torch.nn.Module, dict[str, np.ndarray]]:
     """Train one detector on (clean_train, adv_train) and score the test sets; cached."""
     det = _make_detector(kind, model, cfg)
-    key = {**clf_key, "kind": kind, "attack": attack, "n": len(adv_train), "detector": _asdict(cfg.detector),
+    key = {**clf_key, "kind": kind, "attack": attack, "n": len(adv_train), "detector": as_plain(cfg.detector),
            "attack_cfg": cfg.attacks[attack], "saliency": [cfg.saliency_score, cfg.saliency_target],
            "n_test": len(test_sub)}
 
@@ -456,7 +444,7 @@ def _second_round(store: RunStore, cfg: Config, clf_key: dict, model: torch.nn.M
     det = detectors[s.attack]
     correct = (model(test_sub.x).argmax(1) == test_sub.y).nonzero().flatten()[: s.n_images]
     x, y = test_sub.x[correct], test_sub.y[correct]
-    key = {**clf_key, "detector_attack": s.attack, "second": _asdict(s), "detector": _asdict(cfg.detector),
+    key = {**clf_key, "detector_attack": s.attack, "second": as_plain(s), "detector": as_plain(cfg.detector),
            "eps": eps, "n_test": len(test_sub)}
 
     # D′ for the transfer attack: trained on the other half of the training data
