@@ -175,9 +175,10 @@ def render_detection_report(run_dir: Path, results: dict[str, Any]) -> tuple[Pat
                    *[f"rel. change {lay}" for lay in layers["layers"]]], rows)
         corr = np.array([[layers["by_attack"][n][lay]["correlation"] for lay in layers["layers"]] for n in names])
         monotone = bool(np.all(np.nanmean(corr, 0)[:-1] >= np.nanmean(corr, 0)[1:]))
+        verdict = ("falls monotonically with depth, as the paper claims" if monotone
+                   else "does not fall monotonically with depth")
         rep.paragraph(f"Mean correlation per layer (shallow → deep): "
-                      f"{', '.join(f'{v:.3f}' for v in np.nanmean(corr, 0))}. Similarity "
-                      f"{'falls monotonically with depth, as the paper claims' if monotone else 'does not fall monotonically with depth'}.")
+                      f"{', '.join(f'{v:.3f}' for v in np.nanmean(corr, 0))}. Similarity {verdict}.")
 
     examples = _examples_figure(run_dir, fig_dir / "examples.png")
     if examples is not None:

@@ -170,7 +170,8 @@ def _table_row(scores_clean: np.ndarray, scores_adv: np.ndarray, threshold: floa
     labels = np.r_[np.zeros(len(scores_clean)), np.ones(len(scores_adv))]
     scores = np.r_[scores_clean, scores_adv]
     row = {"f_clean": f_clean, "f_adv": f_adv, "d_clean": rates.clean_as_clean, "d_adv": rates.adv_as_adv,
-           "accuracy": rates.accuracy, "auroc": dm.auroc(scores, labels), "tpr_at_fpr": dm.tpr_at_fpr(scores, labels, fpr),
+           "accuracy": rates.accuracy, "auroc": dm.auroc(scores, labels),
+           "tpr_at_fpr": dm.tpr_at_fpr(scores, labels, fpr),
            "n_clean": len(scores_clean), "n_adv": len(scores_adv)}
     rc, ra = scores_clean[restrict_clean], scores_adv[restrict_adv]
     if len(rc) and len(ra):
@@ -375,7 +376,8 @@ def _roc_curves(store: RunStore, cfg: Config, clf_key: dict, detectors: dict, te
         labels = np.r_[np.zeros(len(clean)), np.ones(len(advs))]
         fpr, tpr, _ = dm.roc_curve(np.r_[clean, advs], labels)
         keep = np.unique(np.linspace(0, len(fpr) - 1, min(len(fpr), 200)).astype(int))
-        out[name] = {"fpr": fpr[keep].tolist(), "tpr": tpr[keep].tolist(), "auroc": dm.auroc(np.r_[clean, advs], labels)}
+        out[name] = {"fpr": fpr[keep].tolist(), "tpr": tpr[keep].tolist(),
+                     "auroc": dm.auroc(np.r_[clean, advs], labels)}
     return out
 
 
