@@ -43,6 +43,33 @@ def test_train_and_evaluate(tmp_path, advsal):
     assert "accuracy" in r.stdout and png.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_attack_then_saliency(tmp_path, advsal):
+    import matplotlib.image
+    from safetensors.torch import load_file
+
+    model = tmp_path / "m"
+    assert advsal("train", "--dataset", "digits", "--model", "mnist-net", "--epochs", "2", "--shift", "1",
+                  "--out", str(model), "-q").returncode == 0
+    adv = tmp_path / "fgsm.safetensors"
+    r = advsal("attack", "--model", str(model), "--dataset", "digits", "-a", "fgsm", "--eps", "0.3", "--n", "20",
+               "--out", str(adv), "-q")
+    assert r.returncode == 0, r.stderr
+    stored = load_file(adv)
+    assert stored["x_adv"].shape == (20, 1, 8, 8)
+    assert float((stored["x_adv"] - stored["x"]).abs().max()) == pytest.approx(0.3, abs=1e-5)
+    assert "success" in r.stdout
+    r = advsal("saliency", "--model", str(model), "--adv", str(adv), "--n", "4", "--out", str(tmp_path / "pair"))
+    assert r.returncode == 0, r.stderr
+    maps = load_file(tmp_path / "pair" / "maps.safetensors")
+    assert set(maps) == {"clean", "adversarial"} and not maps["clean"].equal(maps["adversarial"])
+    r = advsal("saliency", "--model", str(model), "--dataset", "digits", "--method", "gradcam", "--n", "3",
+               "--out", str(tmp_path / "clean"))
+    assert r.returncode == 0, r.stderr
+    assert set(load_file(tmp_path / "clean" / "maps.safetensors")) == {"clean"}
+    # without adversarial images: one column per example (3 + the label column), image row + one map row
+    assert matplotlib.image.imread(tmp_path / "clean" / "grid.png").shape[:2] == (2.5 * 120, 4 * 120)
+
+
 @pytest.mark.parametrize("args, message", [
     (["train", "--dataset", "nope", "--out", "x"], "unknown dataset 'nope'"),
     (["train", "--epochs", "many", "--out", "x"], "--epochs"),

@@ -32,6 +32,15 @@ def test_saliency_grid_rgb_overlay_returns_figure_without_path():
     assert isinstance(fig, Figure) and len(fig.axes) == 2 * 2 * 2
 
 
+def test_saliency_grid_without_adversarial_images_has_one_column_per_example(tmp_path):
+    x = torch.rand(3, 1, 8, 8)
+    path = saliency_grid(x, None, {"gradient": torch.rand(3, 8, 8), "cam": torch.rand(3, 1, 8, 8)},
+                         titles=["a", "b", "c"], path=tmp_path / "g.png", cell_inches=1.0, dpi=40)
+    assert matplotlib.image.imread(path).shape[:2] == ((2 + 1.5) * 40, (3 + 1) * 40)
+    with pytest.raises(ValueError, match="a batch of 3 maps"):
+        saliency_grid(x, None, {"m": torch.rand(2, 8, 8)})
+
+
 def test_saliency_grid_rejects_mismatched_inputs():
     x = torch.rand(2, 1, 8, 8)
     with pytest.raises(ValueError, match="one shape"):

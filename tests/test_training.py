@@ -8,7 +8,14 @@ import torch
 
 from advsal.data import ImageSet
 from advsal.models import build_model
-from advsal.training import EarlyStopping, confusion_matrix, evaluate, per_class_accuracy, train_classifier
+from advsal.training import (
+    EarlyStopping,
+    augment,
+    confusion_matrix,
+    evaluate,
+    per_class_accuracy,
+    train_classifier,
+)
 
 
 def test_mnist_net_reaches_95_percent(mnist5k, mnist_model):
@@ -70,3 +77,21 @@ def test_bad_arguments():
         train_classifier(build_model("resnet20", 2, 1, 8), data, optimizer="lbfgs", epochs=1)
     with pytest.raises(ValueError, match="positive"):
         train_classifier(build_model("resnet20", 2, 1, 8), data, epochs=0)
+
+
+def test_augment_translates_and_flips_each_example():
+    x = torch.zeros(64, 1, 9, 9)
+    x[:, 0, 3:6, 3:6] = torch.arange(9.0).view(3, 3)  # an asymmetric patch well inside the border
+    gen = torch.Generator().manual_seed(0)
+    out = augment(x, shift=2, generator=gen)
+    assert out.shape == x.shape
+    assert torch.allclose(out.sum((1, 2, 3)), x.sum((1, 2, 3)))  # content moved, not lost
+    moved = set()
+    for img in out[:, 0]:
+        r, c = (img == 8).nonzero()[0].tolist()
+        moved.add((r - 5, c - 5))
+        assert torch.equal(img[r - 2:r + 1, c - 2:c + 1], x[0, 0, 3:6, 3:6])  # the patch is intact
+    assert moved <= {(dr, dc) for dr in range(-2, 3) for dc in range(-2, 3)} and len(moved) > 10
+    flipped = augment(x, flip=True, generator=torch.Generator().manual_seed(1))
+    n_flipped = sum(torch.equal(f, x[0].flip(2)) for f in flipped)
+    assert 16 < n_flipped < 48 and all(torch.equal(f, x[0]) or torch.equal(f, x[0].flip(2)) for f in flipped)

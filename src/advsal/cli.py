@@ -71,6 +71,8 @@ def train(
     min_delta: Annotated[float, typer.Option(help="Early-stopping minimum improvement.")] = 1e-4,
     val_fraction: Annotated[float, typer.Option(help="Share of training data held out for validation.")] = 0.0,
     normalize: Annotated[bool, typer.Option(help="Put the training set's per-channel mean/std in the model.")] = True,
+    shift: Annotated[int, typer.Option(help="Augment: random translation by up to this many pixels.")] = 0,
+    flip: Annotated[bool, typer.Option(help="Augment: random horizontal flips (not for digits).")] = False,
     seed: Seed = 0,
     quiet: Quiet = False,
 ) -> None:
@@ -89,10 +91,11 @@ def train(
     net = build_model(model, train_set.num_classes, train_set.channels, train_set.image_size[0], mean, std, seed=seed)
     stopping = EarlyStopping(min_delta, patience) if patience > 0 else None
     history = train_classifier(net, train_set, val_set, optimizer=optimizer, lr=lr, lr_decay=lr_decay, epochs=epochs,
-                               batch_size=batch_size, early_stopping=stopping, seed=seed)
+                               batch_size=batch_size, early_stopping=stopping, seed=seed, shift=shift, flip=flip)
     ev = evaluate(net, test_set)
     path = save_model(net, out, classes=train_set.classes, dataset=dataset, seed=seed,
-                      training={"optimizer": optimizer, "lr": lr, "epochs_run": len(history.epochs),
+                      training={"optimizer": optimizer, "lr": lr, "lr_decay": lr_decay, "shift": shift, "flip": flip,
+                                "epochs_run": len(history.epochs),
                                 "batch_size": batch_size, "stopped_early": history.stopped_early,
                                 "images_per_second": history.images_per_second},
                       metrics={"test_accuracy": ev.accuracy, "test_loss": ev.loss,
@@ -302,8 +305,8 @@ def saliency(
     with torch.no_grad():
         pred = net(x).argmax(1)
     titles = [f"y={int(a)} pred={int(b)}" for a, b in zip(y, pred, strict=True)]
-    grid = saliency_grid(x, x_adv if x_adv is not None else x,
-                         {f"{method} ({target})": (maps["clean"], maps.get("adversarial", maps["clean"]))},
+    label = f"{method} ({target})"
+    grid = saliency_grid(x, x_adv, {label: maps["clean"] if x_adv is None else (maps["clean"], maps["adversarial"])},
                          titles, out / "grid.png")
     console.print(f"{method} maps for {len(x)} images written to {out / 'maps.safetensors'} and {grid}")
 

@@ -92,18 +92,38 @@ def make_optimizer(name: str, params, lr: float, weight_decay: float = 0.0, mome
     raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
 
 
+def augment(x: torch.Tensor, shift: int = 0, flip: bool = False,
+            generator: torch.Generator | None = None) -> torch.Tensor:
+    """Per-example random translation by up to ``shift`` pixels (zero fill) and, with ``flip``, random horizontal
+    flips: the standard MNIST/CIFAR training augmentations, as two gathers on the batch."""
+    n, _, h, w = x.shape
+    if flip:
+        mirrored = torch.rand(n, generator=generator) < 0.5
+        x = torch.where(mirrored.to(x.device)[:, None, None, None], x.flip(3), x)
+    if shift > 0:
+        offsets = torch.randint(0, 2 * shift + 1, (2, n), generator=generator).to(x.device)
+        padded = F.pad(x, (shift, shift, shift, shift))
+        rows = (offsets[0, :, None] + torch.arange(h, device=x.device))[:, None, :, None]
+        padded = padded.gather(2, rows.expand(n, x.shape[1], h, w + 2 * shift))
+        cols = (offsets[1, :, None] + torch.arange(w, device=x.device))[:, None, None, :]
+        x = padded.gather(3, cols.expand(n, x.shape[1], h, w))
+    return x
+
+
 def train_classifier(model: nn.Module, train: ImageSet, val: ImageSet | None = None, *, optimizer: str = "adam",
                      lr: float = 1e-3, epochs: int = 10, batch_size: int = 128, weight_decay: float = 0.0,
                      lr_decay: float = 0.0, early_stopping: EarlyStopping | None = None, seed: int = 0,
-                     description: str = "train") -> TrainHistory:
+                     shift: int = 0, flip: bool = False, description: str = "train") -> TrainHistory:
     """Train ``model`` with cross-entropy on ``train``; returns the per-epoch history.
 
-    ``lr_decay`` is Keras' time-based decay, lr / (1 + decay · iterations) (seed 002: 1e-5). With
-    ``early_stopping`` the validation loss (training loss without ``val``) is monitored. The model is left in
-    eval mode.
+    ``lr_decay`` is Keras' time-based decay, lr / (1 + decay · iterations) (seed 002: 1e-5). ``shift``/``flip``
+    turn on the random-translation / horizontal-flip augmentation (:func:`augment`). With ``early_stopping`` the
+    validation loss (training loss without ``val``) is monitored. The model is left in eval mode.
     """
     if epochs < 1 or batch_size < 1 or lr <= 0:
         raise ValueError(f"epochs, batch_size and lr must be positive (got {epochs}, {batch_size}, {lr})")
+    if shift < 0 or shift >= min(train.image_size):
+        raise ValueError(f"shift must be between 0 and the image size - 1, got {shift}")
     if len(train) == 0:
         raise ValueError(f"{train.name} is empty")
     device = model_device(model)
@@ -124,6 +144,8 @@ def train_classifier(model: nn.Module, train: ImageSet, val: ImageSet | None = N
             for i in range(n_batches):
                 idx = order[i * batch_size:(i + 1) * batch_size]
                 xb, yb = train.x[idx].to(device), train.y[idx].to(device)
+                if shift or flip:
+                    xb = augment(xb, shift, flip, gen)
                 logits = model(xb)
                 loss = F.cross_entropy(logits, yb)
                 opt.zero_grad(set_to_none=True)

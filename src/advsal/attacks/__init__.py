@@ -3,8 +3,12 @@
     from advsal.attacks import PGD, make_attack
     result = PGD(eps=0.3, steps=40)(model, x, y)
     result.success_rate(), result.x_adv, result.l2
+
+Second-round attacks on a classifier guarded by a detector (``MetzenAttack``, ``AdaptiveSaliencyAttack``) take
+the detector as well: ``attack_detector_pair(attack, classifier, detector, x, y)``.
 """
 
+from .adaptive import AdaptiveResult, AdaptiveSaliencyAttack, MetzenAttack, attack_detector_pair
 from .base import L0_TOLERANCE, Attack, AttackResult, perturbation_norms
 from .carlini_wagner import CarliniWagnerL2
 from .deepfool import DeepFool
@@ -15,7 +19,7 @@ from .pixel import PixelAttack
 from .registry import ATTACKS, PRESETS, attack_parameters, make_attack
 from .targets import least_likely_targets, random_targets
 
-__all__ = ["ATTACKS", "BIM", "FGSM", "JSMA", "L0_TOLERANCE", "PGD", "PRESETS", "Attack", "AttackResult",
-           "CarliniWagnerL2", "DeepFool", "MinimalEpsilon", "PixelAttack", "attack_parameters",
-           "attacked_accuracy", "least_likely_targets", "make_attack", "minimal_epsilon",
-           "perturbation_norms", "random_targets"]
+__all__ = ["ATTACKS", "BIM", "FGSM", "JSMA", "L0_TOLERANCE", "PGD", "PRESETS", "AdaptiveResult",
+           "AdaptiveSaliencyAttack", "Attack", "AttackResult", "CarliniWagnerL2", "DeepFool", "MetzenAttack",
+           "MinimalEpsilon", "PixelAttack", "attack_detector_pair", "attack_parameters", "attacked_accuracy",
+           "least_likely_targets", "make_attack", "minimal_epsilon", "perturbation_norms", "random_targets"]

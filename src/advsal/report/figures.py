@@ -93,8 +93,8 @@ def _draw_image(ax, image: np.ndarray) -> None:
     ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
 
 
-def saliency_grid(images_clean: ArrayLike, images_adv: ArrayLike,
-                  maps: Mapping[str, tuple[ArrayLike, ArrayLike]], titles: Sequence[str] | None = None,
+def saliency_grid(images_clean: ArrayLike, images_adv: ArrayLike | None,
+                  maps: Mapping[str, tuple[ArrayLike, ArrayLike] | ArrayLike], titles: Sequence[str] | None = None,
                   path: str | Path | None = None, overlay: bool = False, cmap: str = "jet",
                   cell_inches: float = 1.2, dpi: int = 100) -> Path | Figure:
     """A clean-vs-adversarial saliency grid (seed 001 Fig. 1, seed 004 Figs. 2–7).
@@ -102,53 +102,56 @@ def saliency_grid(images_clean: ArrayLike, images_adv: ArrayLike,
     Each example gets two columns (clean | adversarial); the first row shows the images, then one row per
     entry of ``maps`` (row label → (clean maps, adversarial maps), each (N, H, W), (N, 1, H, W) or
     (N, C, H, W)), e.g. ``{"true class": ..., "predicted": ..., "adversarial class": ...}``. The clean and
-    adversarial map of one example share one colour scale, so their magnitudes compare. ``overlay=True``
-    blends maps over the images.
-    ``titles`` (one per example, e.g. "7 → 3") head each column pair.
+    adversarial map of one example share one colour scale, so their magnitudes compare. With
+    ``images_adv=None`` each example gets one column and each ``maps`` entry is a single batch of maps.
+    ``overlay=True`` blends maps over the images. ``titles`` (one per example, e.g. "7 → 3") head each
+    example's columns.
 
-    The PNG is exactly ``(2N + 1) · cell_inches · dpi`` wide and ``(R + 1.5) · cell_inches · dpi`` high
-    (R = len(maps); one cell of row labels, half a cell of titles). Written atomically to ``path`` and the
-    path returned; with ``path=None`` the Figure is returned instead.
+    The PNG is exactly ``(K·N + 1) · cell_inches · dpi`` wide (K = 2, or 1 without adversarial images) and
+    ``(R + 1.5) · cell_inches · dpi`` high (R = len(maps); one cell of row labels, half a cell of titles).
+    Written atomically to ``path`` and the path returned; with ``path=None`` the Figure is returned instead.
     """
     clean = _numpy(images_clean)
-    adv = _numpy(images_adv)
-    if clean.ndim != 4 or clean.shape != adv.shape:
+    batches = [clean] if images_adv is None else [clean, _numpy(images_adv)]
+    if clean.ndim != 4 or batches[-1].shape != clean.shape:
         raise ValueError(f"images_clean and images_adv must be NCHW batches of one shape, got {clean.shape} "
-                         f"and {adv.shape}")
-    n = clean.shape[0]
+                         f"and {batches[-1].shape}")
+    n, k = clean.shape[0], len(batches)
     if n == 0:
         raise ValueError("saliency_grid needs at least one example")
     if titles is not None and len(titles) != n:
         raise ValueError(f"titles needs one entry per example ({n}), got {len(titles)}")
-    rows = list(maps.items())
-    for label, pair in rows:
-        if len(pair) != 2 or any(len(m) != n for m in pair):
-            raise ValueError(f"maps[{label!r}] must be (clean maps, adversarial maps) with {n} maps each")
+    rows = [(label, (value,) if k == 1 else value) for label, value in maps.items()]
+    for label, group in rows:
+        if len(group) != k or any(len(m) != n for m in group):
+            shape = "a batch of" if k == 1 else "(clean maps, adversarial maps) with"
+            raise ValueError(f"maps[{label!r}] must be {shape} {n} maps each")
 
-    ncols, nrows = 2 * n, 1 + len(rows)
+    ncols, nrows = k * n, 1 + len(rows)
     fig = Figure(figsize=((ncols + 1) * cell_inches, (nrows + 0.5) * cell_inches), dpi=dpi)
     width, height = ncols + 1.0, nrows + 0.5
     pad = 0.04
     axes = [[fig.add_axes(((1 + c + pad) / width, (nrows - 1 - r + pad) / height, (1 - 2 * pad) / width,
                            (1 - 2 * pad) / height)) for c in range(ncols)] for r in range(nrows)]
     for i in range(n):
-        for side, batch in enumerate((clean, adv)):
-            ax = axes[0][2 * i + side]
+        for side, batch in enumerate(batches):
+            ax = axes[0][k * i + side]
             _draw_image(ax, _image_hwc(batch[i]))
-            ax.set_title(("clean", "adversarial")[side], fontsize=7, pad=2)
+            if k == 2:
+                ax.set_title(("clean", "adversarial")[side], fontsize=7, pad=2)
         if titles is not None:
-            fig.text((2 + 2 * i) / width, (nrows + 0.3) / height, str(titles[i]), ha="center",
+            fig.text((1 + k * i + k / 2) / width, (nrows + 0.3) / height, str(titles[i]), ha="center",
                      va="center", fontsize=8, fontweight="bold")
-    for r, (label, (clean_maps, adv_maps)) in enumerate(rows, start=1):
+    for r, (label, group) in enumerate(rows, start=1):
         fig.text(0.5 / width, (nrows - r - 0.5) / height, str(label), ha="center", va="center", fontsize=8,
                  wrap=True)
         for i in range(n):
-            pair = (_map_hw(_numpy(clean_maps[i])), _map_hw(_numpy(adv_maps[i])))
-            scale = max(float(pair[0].max()), float(pair[1].max()))
-            for side, m in enumerate(pair):
-                ax = axes[r][2 * i + side]
+            cells = [_map_hw(_numpy(m[i])) for m in group]
+            scale = max(float(c.max()) for c in cells)
+            for side, m in enumerate(cells):
+                ax = axes[r][k * i + side]
                 if overlay:
-                    ax.imshow(heatmap_overlay((clean, adv)[side][i], m, cmap=cmap, scale=scale))
+                    ax.imshow(heatmap_overlay(batches[side][i], m, cmap=cmap, scale=scale))
                 else:
                     ax.imshow(_normalise(m, scale), cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
     fig.text(0.5 / width, (nrows - 0.5) / height, "image", ha="center", va="center", fontsize=8)

@@ -75,6 +75,8 @@ class ModelConfig:
     patience: int = 0  # early stopping off when 0
     min_delta: float = 1e-4
     normalize: bool = True
+    shift: int = 0  # random-translation augmentation (pixels)
+    flip: bool = False  # random horizontal flips
     seed: int = 0
 
 
@@ -121,7 +123,7 @@ def train_stage(store: RunStore, name: str, data_cfg: DataConfig, model_cfg: Mod
         stopping = EarlyStopping(mc.min_delta, mc.patience) if mc.patience > 0 else None
         history = train_classifier(model, train, val, optimizer=mc.optimizer, lr=mc.lr, lr_decay=mc.lr_decay,
                                    epochs=mc.epochs, batch_size=mc.batch_size, early_stopping=stopping,
-                                   seed=mc.seed, description=f"train {name}")
+                                   seed=mc.seed, shift=mc.shift, flip=mc.flip, description=f"train {name}")
         metrics: dict[str, Any] = {"epochs_run": len(history.epochs), "train_seconds": history.seconds,
                                    "images_per_second": history.images_per_second,
                                    "train_accuracy": evaluate(model, train).accuracy,

@@ -28,8 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..attacks import make_attack, minimal_epsilon
-from ..attacks.targets import random_targets
+from ..attacks import AdaptiveSaliencyAttack, MetzenAttack, make_attack, minimal_epsilon, random_targets
 from ..data import ImageSet, subset
 from ..detection import metrics as dm
 from ..detection.detectors import FeatureDetector, NPlusOneDetector, SaliencyDetector
@@ -436,8 +435,6 @@ def _second_round(store: RunStore, cfg: Config, clf_key: dict, model: torch.nn.M
                   test_sub: ImageSet, adv: dict, epsilons: dict, detectors: dict,
                   stages: StageLog) -> dict[str, Any]:
     """Second-round attacks on F and D jointly (seed 001 claims they are "not applicable"; we test it)."""
-    from ..attacks.adaptive import AdaptiveSaliencyAttack, MetzenAttack
-
     s = cfg.second_round
     if s.attack not in detectors or s.attack not in epsilons:
         return {}
