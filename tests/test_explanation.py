@@ -25,6 +25,7 @@ from advsal.explanation import (
     ape_s,
     binarize,
     cc_hit_rate,
+    classification_term,
     connected_components,
     localization_scores,
     mask_area,
@@ -184,6 +185,32 @@ def test_regularized_explanation_puts_its_mask_on_the_patch_the_model_uses():
     torch.testing.assert_close(res.ape.total, res.ape.l0 + res.ape.tv + res.ape.classification)
     assert (res.mask == (res.support >= 0)).all()
     assert cc_hit_rate(m, gt).tolist() == [1.0, 1.0, 1.0]
+
+
+def test_log_complement_loss_keeps_a_gradient_where_the_probability_saturates():
+    model = SumModel(1.0)
+    x = torch.full((2, 1, 4, 4), 0.5)
+    x[1] = 1.0  # logit_1 = 16: p_1 ≈ 1 − 1.1e-7
+    t = torch.ones(2, dtype=torch.long)
+    p = torch.softmax(model(x).double(), 1)[:, 1]  # exact reference in float64
+    torch.testing.assert_close(classification_term(model, x, t, "log-complement").double(), -torch.log1p(-p),
+                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(classification_term(model, x, t), p.float())
+    saturated = SumModel(10.0)  # logit_1 = 160: the float32 probability is exactly 1
+    xs = torch.ones(1, 1, 4, 4, requires_grad=True)
+    classification_term(saturated, xs, t[:1], "probability").sum().backward()
+    assert torch.count_nonzero(xs.grad) == 0
+    xs.grad = None
+    term = classification_term(saturated, xs, t[:1], "log-complement")
+    term.sum().backward()
+    assert term.item() == pytest.approx(160.0, rel=1e-4) and torch.allclose(xs.grad, torch.full_like(xs, 10.0))
+    # the option reaches both phases: phase 2 in a full mask now lowers a saturated probability
+    stuck = minimize_in_mask(saturated, xs.detach(), torch.ones(1, 4, 4, dtype=torch.bool), t[:1], steps=5)
+    moved = minimize_in_mask(saturated, xs.detach(), torch.ones(1, 4, 4, dtype=torch.bool), t[:1], steps=5,
+                             classification_loss="log-complement")
+    assert torch.equal(stuck, xs.detach()) and (moved < xs.detach()).all()
+    with pytest.raises(ValueError, match="classification_loss"):
+        regularized_explanation(model, x, classification_loss="logit")
 
 
 # --- meaningful perturbation ---

@@ -13,6 +13,7 @@ from advsal.models import ModelFileError, Normalize, build_model, list_models, l
 @pytest.mark.parametrize("name, channels, size, classes", [
     ("mnist-net", 1, 28, 10), ("mnist-net", 2, 28, 2), ("cifar-net", 3, 32, 10), ("cifar-net", 6, 32, 1),
     ("vgg-cifar", 3, 32, 10), ("resnet20", 3, 32, 10), ("resnet20", 1, 28, 10), ("vgg16", 3, 64, 7),
+    ("finding-net", 1, 64, 2), ("finding-net", 3, 28, 10),
 ])
 def test_output_shapes(name, channels, size, classes):
     model = build_model(name, classes, channels, size).eval()

@@ -30,11 +30,17 @@ from .meaningful import (
     scan_threshold,
     threshold_region,
 )
-from .regularized import RegularizedExplanation, minimize_in_mask, regularized_explanation
+from .regularized import (
+    CLASSIFICATION_LOSSES,
+    RegularizedExplanation,
+    classification_term,
+    minimize_in_mask,
+    regularized_explanation,
+)
 
-__all__ = ["APEResult", "DELETIONS", "LocalizationScores", "MeaningfulExplanation", "RegularizedExplanation",
-           "ThresholdScan", "ape_d", "ape_s", "apply_region", "binarize", "cc_hit_rate", "class_probability",
-           "connected_components", "deletion_image", "gaussian_blur", "l0_fraction", "localization_scores",
-           "mask_area", "meaningful_perturbation", "minimize_in_mask", "pointing_game",
-           "regularized_explanation", "scan_threshold", "smooth_support", "threshold_region",
+__all__ = ["APEResult", "CLASSIFICATION_LOSSES", "DELETIONS", "LocalizationScores", "MeaningfulExplanation",
+           "RegularizedExplanation", "ThresholdScan", "ape_d", "ape_s", "apply_region", "binarize", "cc_hit_rate",
+           "class_probability", "classification_term", "connected_components", "deletion_image", "gaussian_blur",
+           "l0_fraction", "localization_scores", "mask_area", "meaningful_perturbation", "minimize_in_mask",
+           "pointing_game", "regularized_explanation", "scan_threshold", "smooth_support", "threshold_region",
            "total_variation"]

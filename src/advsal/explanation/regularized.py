@@ -9,6 +9,15 @@ with unit weights (the paper's un-normalised Eq. 13 with coefficient α' corresp
 saliency mask is ``sal = S ≥ 0`` (Eq. 14), i.e. the elements moved by at least ε. Phase 2 (Eqs. 15–16) starts
 again from Ĩ = I and minimises M(Ĩ)_i alone with the gradient multiplied by ``sal``, so only elements inside
 the mask may change.
+
+``classification_loss`` picks how the classification term enters both phases: ``"probability"`` is Eq. 13 as
+written, M(Î)_i. ``"log-complement"`` uses −log(1 − M(Î)_i) instead — the cross-entropy of "not class i", the
+loss of the Kurakin et al. attacks the method builds on. It is a strictly increasing function of M(Î)_i, so it
+"reduces the classification value of class i" like Eq. 13's first term, but its gradient does not vanish when
+the model is confident: ∂M_i = M_i(1 − M_i)·∂(log-odds) is ≈ 0 at M_i ≈ 1 (exactly 0 once float32 rounds M_i
+to 1), where the sparsity and smoothness terms then hold every element in place; ∂(−log(1 − M_i)) =
+M_i·∂(log-odds) stays large there and fades as the class is destroyed (M_i → 0). The APE metrics always use
+M(Î)_i itself.
 """
 
 from __future__ import annotations
@@ -57,23 +66,41 @@ class RegularizedExplanation:
         return self.perturbation.abs().sum(1)
 
 
-def _check_common(steps: int, lr: float) -> None:
+CLASSIFICATION_LOSSES = ("probability", "log-complement")
+
+
+def _check_common(steps: int, lr: float, classification_loss: str = "probability") -> None:
     if steps < 0:
         raise ValueError(f"steps must be ≥ 0, got {steps}")
     if not lr > 0:
         raise ValueError(f"lr must be positive, got {lr}")
+    if classification_loss not in CLASSIFICATION_LOSSES:
+        raise ValueError(f"unknown classification_loss {classification_loss!r}; use one of "
+                         f"{', '.join(CLASSIFICATION_LOSSES)}")
+
+
+def classification_term(model: nn.Module, x: torch.Tensor, target: torch.Tensor,
+                        classification_loss: str = "probability") -> torch.Tensor:
+    """The classification term per example: ``M(x)_i`` (``"probability"``, Eq. 13) or ``−log(1 − M(x)_i)``
+    (``"log-complement"``, computed stably as logsumexp(all logits) − logsumexp(logits of the other classes))."""
+    if classification_loss == "probability":
+        return class_probability(model, x, target)
+    logits = model(x)
+    others = logits.scatter(1, target.view(-1, 1).to(logits.device), float("-inf"))
+    return torch.logsumexp(logits, 1) - torch.logsumexp(others, 1)
 
 
 def minimize_in_mask(model: nn.Module, x: torch.Tensor, mask: torch.Tensor, target: Target = "predicted",
                      steps: int = 100, lr: float = 0.01, labels: torch.Tensor | None = None,
-                     description: str = "phase 2") -> torch.Tensor:
-    """Phase 2 (Eqs. 15–16): from Ĩ = x, minimise ``M(Ĩ)_i`` with Adam, updates multiplied by ``mask``,
-    clipping Ĩ to [0, 1] after each step. Elements outside ``mask`` are returned bit-for-bit equal to ``x``.
+                     description: str = "phase 2", classification_loss: str = "probability") -> torch.Tensor:
+    """Phase 2 (Eqs. 15–16): from Ĩ = x, minimise ``M(Ĩ)_i`` (or −log(1 − M(Ĩ)_i), see the module docstring)
+    with Adam, updates multiplied by ``mask``, clipping Ĩ to [0, 1] after each step. Elements outside ``mask``
+    are returned bit-for-bit equal to ``x``.
 
     ``mask`` is a bool tensor broadcastable to x: (N, C, H, W), (N, 1, H, W) or (N, H, W).
     """
     check_images(x)
-    _check_common(steps, lr)
+    _check_common(steps, lr, classification_loss)
     mask = _as_element_mask(mask, x)
     target = resolve_target(model, x, target, labels)
     device = model_device(model)
@@ -83,14 +110,14 @@ def minimize_in_mask(model: nn.Module, x: torch.Tensor, mask: torch.Tensor, targ
     opt = torch.optim.Adam([x_t], lr=lr)
     with frozen(model), Bar(description, steps) as bar:
         for _ in range(steps):
-            prob = class_probability(model, x_t, target.to(device))
+            term = classification_term(model, x_t, target.to(device), classification_loss)
             opt.zero_grad(set_to_none=True)
-            prob.sum().backward()
+            term.sum().backward()
             x_t.grad.mul_(weight)
             opt.step()
             with torch.no_grad():
                 x_t.clamp_(0.0, 1.0)
-            bar.update(info=f"p {prob.mean().item():.4f}")
+            bar.update(info=f"loss {term.mean().item():.4f}")
     # Adam never moves an element whose gradient is always zero; the where() makes that a guarantee.
     return torch.where(keep, x_t.detach(), x0).to(x.device)
 
@@ -112,7 +139,7 @@ def regularized_explanation(model: nn.Module, x: torch.Tensor, target: Target = 
                             steps: int = 300, lr: float = 0.01, phase2_steps: int = 100,
                             phase2_lr: float | None = None, labels: torch.Tensor | None = None,
                             ape_weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
-                            ) -> RegularizedExplanation:
+                            classification_loss: str = "probability") -> RegularizedExplanation:
     """Explain ``model``'s class ``target`` on ``x`` with the two-phase method of seed 003 §4, batched.
 
     Defaults: γ = 30, ε = 0.01 (the paper's values, §4 and §5.1); α = 0.01, β = 0.2 (Table 1's first "ours"
@@ -122,9 +149,11 @@ def regularized_explanation(model: nn.Module, x: torch.Tensor, target: Target = 
     zero, an element only starts to move when its classification gradient exceeds ≈ 15·α/N, so large α (Table
     1 also uses (6, 120) and (40, 120)) leaves a confident model's image untouched unless the image is large.
     Every example is optimised independently (the losses are summed and Adam is element-wise).
+    ``classification_loss``: ``"probability"`` (Eq. 13) or ``"log-complement"`` (module docstring), in both
+    phases.
     """
     check_images(x)
-    _check_common(steps, lr)
+    _check_common(steps, lr, classification_loss)
     if alpha < 0 or beta < 0:
         raise ValueError(f"alpha and beta must be ≥ 0, got {alpha} and {beta}")
     _check_weights(ape_weights)
@@ -136,8 +165,8 @@ def regularized_explanation(model: nn.Module, x: torch.Tensor, target: Target = 
     with frozen(model), Bar("phase 1", steps) as bar:
         for _ in range(steps):
             s = smooth_support(x0 - x_hat, gamma, eps)
-            prob = class_probability(model, x_hat, tgt)
-            loss = prob + alpha * s.flatten(1).mean(1) + beta * total_variation(s)
+            term = classification_term(model, x_hat, tgt, classification_loss)
+            loss = term + alpha * s.flatten(1).mean(1) + beta * total_variation(s)
             opt.zero_grad(set_to_none=True)
             loss.sum().backward()
             opt.step()
@@ -147,7 +176,8 @@ def regularized_explanation(model: nn.Module, x: torch.Tensor, target: Target = 
     x_hat = x_hat.detach()
     support = smooth_support(x0 - x_hat, gamma, eps)
     mask = support >= 0
-    x_adv = minimize_in_mask(model, x0, mask, tgt, phase2_steps, phase2_lr or lr).to(x.device)
+    x_adv = minimize_in_mask(model, x0, mask, tgt, phase2_steps, phase2_lr or lr,
+                             classification_loss=classification_loss).to(x.device)
     x_hat = x_hat.to(x.device)
     return RegularizedExplanation(x.detach(), mask.to(x.device), support.to(x.device), x_hat, x_adv, target,
                                   ape_d(model, x, x_hat, target, ape_weights),

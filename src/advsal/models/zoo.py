@@ -136,6 +136,17 @@ def vgg16(num_classes: int, in_channels: int, input_size: int, norm: Normalize) 
     return ZooModel(norm, nn.Sequential(*layers), classifier, in_channels, None, "features.29")
 
 
+def finding_net(num_classes: int, in_channels: int, input_size: int, norm: Normalize) -> ZooModel:
+    """A weakly supervised finding detector (the explanation study, seed 003 §5.1 on cluttered-mnist): three 3×3
+    conv stages (16, 32, 64 filters; 2×2 max-pool after the first two), global max pooling — an image is positive
+    when some location holds the finding, so image labels suffice (Oquab et al. 2015) — then seed 003's head,
+    FC-256 and the class layer. Any input size ≥ 4; Grad-CAM uses the last conv stage (features.7)."""
+    features = nn.Sequential(*_conv(in_channels, 16), nn.MaxPool2d(2), *_conv(16, 32), nn.MaxPool2d(2),
+                             *_conv(32, 64), nn.AdaptiveMaxPool2d(1))
+    classifier = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, num_classes))
+    return ZooModel(norm, features, classifier, in_channels, None, "features.7")
+
+
 @dataclass(frozen=True)
 class ArchInfo:
     name: str
@@ -150,6 +161,8 @@ ZOO: dict[str, ArchInfo] = {
     "cifar-net": ArchInfo("cifar-net", "seed 001 Table I CIFAR10-NET (F/D), 32x32", paper_net, 32, 2),
     "vgg-cifar": ArchInfo("vgg-cifar", "seed 002 Table 5.1 VGG-style CIFAR net (3 blocks, FC-512)", vgg_cifar, 32, 8),
     "resnet20": ArchInfo("resnet20", "CIFAR-style ResNet-20 (seed 004)", resnet20, 32, 8),
+    "finding-net": ArchInfo("finding-net", "seed 003 stand-in: 3 conv stages, global max pool, FC-256 (any size)",
+                            finding_net, 64, 4),
     "vgg16": ArchInfo("vgg16", "VGG16 for 224x224 (seed 001 ImageNet subset), replaceable head", vgg16, 224, 32),
 }
 
