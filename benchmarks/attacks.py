@@ -247,6 +247,8 @@ def main():
                                                                                      overshoot=0.02), None))
     print("JSMA theta=1 gamma=0.1, random targets", flush=True)
     b.run("jsma", "advsal", n_jsma, lambda x, y, t: JSMA(1.0, 0.1)(model, x, y, t).x_adv, targets=targets)
+    b.run("jsma-target", "advsal", n_jsma,
+          lambda x, y, t: JSMA(1.0, 0.1, saliency_map="target")(model, x, y, t).x_adv, targets=targets)
     if peers:
         b.run("jsma", "art", n_jsma, art(SaliencyMapMethod(clf, theta=1.0, gamma=0.1, batch_size=n_jsma,
                                                            verbose=False)), targets=targets)

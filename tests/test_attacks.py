@@ -138,6 +138,21 @@ def test_jsma_changes_the_most_salient_pair_first():
     assert changed == [2, 5] and r.success.item() and r.l0.item() == 2
 
 
+def test_jsma_target_map_ignores_the_other_classes():
+    # pixel 7 raises the target logit almost as much as pixel 2 but raises class 0 even more: the pairwise map
+    # avoids it ({2, 5}), ART's target-gradient map takes the two largest target gradients ({2, 7})
+    w = torch.zeros(2, 9)
+    w[1, 2], w[1, 5], w[1, 7] = 1.0, 0.9, 0.95
+    w[0, 2], w[0, 5], w[0, 7] = -1.0, -0.8, 2.0
+    model = linear_model(w, torch.tensor([2.0, 0.0]))
+    x = torch.zeros(1, 1, 3, 3)
+    for saliency_map, expected in (("pairwise", [2, 5]), ("target", [2, 7])):
+        r = JSMA(theta=1.0, gamma=0.3, saliency_map=saliency_map)(model, x, torch.tensor([0]), torch.tensor([1]))
+        assert (r.x_adv - x).flatten().nonzero().flatten().tolist() == expected
+    with pytest.raises(ValueError, match="saliency_map"):
+        JSMA(saliency_map="single")
+
+
 def test_pixel_attack_beats_random_pixels_at_equal_queries():
     # class 1 needs bright pixels near the centre of a 12×12 image (a smooth bump of weights): DE can climb it
     coords = torch.stack(torch.meshgrid(torch.arange(12.0), torch.arange(12.0), indexing="ij"), -1)

@@ -9,6 +9,7 @@ from .base import Attack, check_nonnegative
 from .targets import least_likely_targets, random_targets
 
 VARIANTS = ("increase", "decrease")
+SALIENCY_MAPS = ("pairwise", "target")
 TARGET_SELECTIONS = ("random", "least-likely", "required")
 
 
@@ -78,6 +79,11 @@ class JSMA(Attack):
     it is classified as its target, when ``gamma`` (the maximum fraction of features changed) is used up —
     ``⌊D·γ/2⌋`` pair iterations — or when no valid pair is left.
 
+    ``saliency_map="target"`` replaces the pairwise map by the simplification ART's ``SaliencyMapMethod`` uses:
+    the two search-domain features with the largest target gradient ``α`` (smallest for ``"decrease"``), one
+    backward pass per iteration and no sign conditions. It ignores the other classes' gradients, yet on small
+    MNIST nets it often succeeds more often within the same ``gamma`` (see benchmarks/README.md).
+
     Targets: pass ``targets=``; without them ``target_selection`` picks them (``"random"``: uniform over the
     other classes with ``seed``; ``"least-likely"``: the lowest logit; ``"required"``: raise). Success is
     always "classified as the target".
@@ -86,7 +92,8 @@ class JSMA(Attack):
     name = "jsma"
 
     def __init__(self, theta: float = 1.0, gamma: float = 0.1, variant: str = "increase",
-                 target_selection: str = "random", seed: int = 0, batch_size: int | None = None):
+                 target_selection: str = "random", seed: int = 0, saliency_map: str = "pairwise",
+                 batch_size: int | None = None):
         super().__init__(batch_size)
         self.theta = check_nonnegative("theta", theta)
         if not 0 < self.theta <= 1:
@@ -101,6 +108,9 @@ class JSMA(Attack):
         if target_selection not in TARGET_SELECTIONS:
             raise ValueError(f"target_selection must be one of {TARGET_SELECTIONS}, got {target_selection!r}")
         self.target_selection = target_selection
+        if saliency_map not in SALIENCY_MAPS:
+            raise ValueError(f"saliency_map must be one of {SALIENCY_MAPS}, got {saliency_map!r}")
+        self.saliency_map = saliency_map
         self.requires_targets = target_selection == "required"
         self.seed = int(seed)
 
@@ -131,17 +141,22 @@ class JSMA(Attack):
             if it == max_iters or hit.all():
                 active[idx[hit]] = False
                 break
+            pairwise = self.saliency_map == "pairwise"
             (g_target,) = torch.autograd.grad(logits.gather(1, targets[idx].view(-1, 1)).sum(), xa,
-                                              retain_graph=True)
-            (g_all,) = torch.autograd.grad(logits.sum(), xa)
+                                              retain_graph=pairwise)
             alpha = g_target.flatten(1)
-            beta = g_all.flatten(1) - alpha
             if not increase:  # decreasing a feature flips the sign of its effect
-                alpha, beta = -alpha, -beta
+                alpha = -alpha
             dom = domain[idx]
             u = alpha.masked_fill(~dom, -torch.inf)
-            v = (-beta).masked_fill(~dom, -torch.inf)
-            p, q, score = best_pairs(u, v)
+            if pairwise:
+                (g_all,) = torch.autograd.grad(logits.sum(), xa)
+                beta = g_all.flatten(1) - g_target.flatten(1)
+                v = (beta if not increase else -beta).masked_fill(~dom, -torch.inf)
+                p, q, score = best_pairs(u, v)
+            else:
+                score, top = u.topk(2, dim=1)
+                p, q, score = top[:, 0], top[:, 1], score[:, 1]  # finite iff two features are left
             stuck = ~torch.isfinite(score)
             move = ~hit & ~stuck
             active[idx[hit | stuck]] = False
