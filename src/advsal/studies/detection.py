@@ -513,8 +513,9 @@ def _second_round(store: RunStore, cfg: Config, clf_key: dict, model: torch.nn.M
 def _layer_analysis(store: RunStore, cfg: Config, clf_key: dict, model: torch.nn.Module, test_sub: ImageSet,
                     adv: dict, epsilons: dict) -> dict[str, Any]:
     """Seed 000 §5: Grad-CAM-weighted feature maps (w.r.t. the true class) at a shallow, a middle and a deep
-    layer for clean vs adversarial inputs; per layer the mean Pearson correlation of the two maps and the
-    relative L2 change — the paper's claim is "shallow layers robust, middle layers go wrong"."""
+    layer for clean vs adversarial inputs; per layer the mean Pearson correlation of the two maps and their
+    normalised L2 change ‖a − c‖ / (‖a‖ + ‖c‖) — the paper's claim is "shallow layers robust, middle layers go
+    wrong"."""
     layers = cfg.layers or default_layers(model)
     n = cfg.layer_images
 
@@ -531,15 +532,17 @@ def _layer_analysis(store: RunStore, cfg: Config, clf_key: dict, model: torch.nn
                 c = cams_c[layer].cam.flatten(1)
                 a = cams_a[layer].cam.flatten(1)
                 corr = _rowwise_corr(c, a)
-                rel = (a - c).norm(dim=1) / c.norm(dim=1).clamp_min(1e-12)
+                # bounded in [0, 1] (0: identical, 1: disjoint supports); ‖a − c‖ / ‖c‖ explodes where the
+                # clean map is (nearly) zero, which Grad-CAM's ReLU makes common at middle layers
+                change = (a - c).norm(dim=1) / (a.norm(dim=1) + c.norm(dim=1)).clamp_min(1e-12)
                 rows[layer] = {"correlation": float(np.nanmean(corr[succ.numpy()])) if succ.any() else float("nan"),
-                               "relative_change": float(rel[succ].mean()) if succ.any() else float("nan"),
+                               "change": float(change[succ].mean()) if succ.any() else float("nan"),
                                "n": int(succ.sum())}
             out[name] = rows
         return {"layers": layers, "by_attack": out}
 
     return store.cached("layers", {**clf_key, "layers": layers, "n": n, "attacks": cfg.attacks,
-                                   "eps": epsilons}, compute)
+                                   "eps": epsilons, "change": "normalised"}, compute)
 
 
 def _rowwise_corr(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
