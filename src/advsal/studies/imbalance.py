@@ -696,7 +696,7 @@ def summary(results: dict[str, Any]) -> list[str]:
     lines = [f"balanced test accuracy {b['accuracy']:.4f} ± {_fmt_std(b['accuracy_std'])}"]
     for r in t["rows"]:
         lines.append(f"deplete {names[r['class']]:<12} accuracy {r['accuracy']:.4f}  class accuracy "
-                     f"{r['class_accuracy']:.3f} (Δ {r['class_accuracy_delta']:+.3f})")
+                     f"{r['class_accuracy']:.3f} (balanced − depleted {r['class_accuracy_delta']:+.3f})")
     n_sig = sum(1 for r in results["tests"] if r["significant"])
     lines.append(f"{n_sig} of {len(results['tests'])} paired comparisons significant (Holm, "
                  f"α = {results['config']['alpha']:g}); see report.md")
