@@ -26,6 +26,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/train.py
 	$(BIN)/python benchmarks/attacks.py
 	$(BIN)/python benchmarks/saliency.py
+	$(BIN)/python benchmarks/detection.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

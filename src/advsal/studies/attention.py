@@ -55,9 +55,9 @@ from ..data import ImageSet
 from ..progress import Bar
 from ..saliency import compare as cmp
 from ..saliency import grad_cam, guided_backprop
-from ..store import RunStore, write_json
+from ..store import RunStore
 from ..tensors import predict_logits
-from .common import DataConfig, Log, ModelConfig, as_plain, config_from_yaml, start_study
+from .common import DataConfig, Log, ModelConfig, as_plain, config_from_yaml, finish_study, start_study
 
 CONFIGS_DIR = Path(__file__).resolve().parents[3] / "configs"
 #: The four map combinations of seed 004: (image, class) with x = original, a = adversarial, c = true class C,
@@ -739,12 +739,7 @@ def run(cfg: Config, run_dir: str | Path, log: Log = None) -> dict[str, Any]:
     results["chance_iou"] = cmp.chance_iou(cfg.top_fraction)
     _store_figure_maps(run_dir, payloads, layers)
 
-    results["timings"] = store.timings()
-    results["total_seconds"] = sum(t["seconds"] for t in results["timings"])
-    write_json(run_dir / "results.json", results)
-    render(run_dir, results)
-    stages.flush()
-    return results
+    return finish_study(run_dir, results, store, stages, render)
 
 
 def _distribution_metrics(layers: list[str]) -> list[str]:

@@ -13,7 +13,7 @@ import yaml
 
 from ..data import ImageSet, load_dataset
 from ..models import ZooModel, build_model
-from ..store import RunStore
+from ..store import RunStore, write_json
 from ..training import EarlyStopping, evaluate, train_classifier
 
 C = TypeVar("C")
@@ -185,3 +185,14 @@ def start_study(study: str, cfg: Any, run_dir: str | Path, log: Log) -> StudySta
                                "classifier": {"architecture": cfg.classifier.architecture, **metrics}}
     key = {"data": as_plain(cfg.data), "model": as_plain(cfg.classifier)}
     return StudyStart(store, stages, train, test, model, results, key)
+
+
+def finish_study(run_dir: str | Path, results: dict[str, Any], store: RunStore, stages: StageLog,
+                 render: Callable[..., Any], /, **render_kwargs: Any) -> dict[str, Any]:
+    """Add the stage timings to ``results``, write results.json atomically and render the report."""
+    stages.flush()
+    results["timings"] = store.timings()
+    results["total_seconds"] = sum(t["seconds"] for t in results["timings"])
+    write_json(Path(run_dir) / "results.json", results)
+    render(Path(run_dir), results, **render_kwargs)
+    return results

@@ -33,8 +33,8 @@ from ..data import ImageSet, subset
 from ..detection import metrics as dm
 from ..detection.detectors import FeatureDetector, NPlusOneDetector, SaliencyDetector
 from ..saliency import grad_cam, gradient
-from ..store import RunStore, write_json
-from .common import DataConfig, Log, ModelConfig, StageLog, as_plain, config_from_yaml, start_study
+from ..store import RunStore
+from .common import DataConfig, Log, ModelConfig, StageLog, as_plain, config_from_yaml, finish_study, start_study
 
 CONFIGS_DIR = Path(__file__).resolve().parents[3] / "configs"
 
@@ -309,11 +309,7 @@ def run(cfg: Config, run_dir: str | Path, log: Log = None) -> dict[str, Any]:
     results["layers"] = _layer_analysis(store, cfg, clf_key, model, test_sub, adv, epsilons)
     stages.flush()
 
-    results["timings"] = store.timings()
-    results["total_seconds"] = sum(t["seconds"] for t in results["timings"])
-    write_json(run_dir / "results.json", results)
-    render(run_dir, results, store=store)
-    return results
+    return finish_study(run_dir, results, store, stages, render, store=store)
 
 
 def _store_examples(run_dir: Path, model: torch.nn.Module, cfg: Config, test_sub: ImageSet, adv: dict) -> None:

@@ -72,9 +72,9 @@ from ..explanation import (
 )
 from ..explanation.ape import ape_d
 from ..saliency import grad_cam, gradient
-from ..store import RunStore, write_json
+from ..store import RunStore
 from ..tensors import predict_logits
-from .common import DataConfig, Log, ModelConfig, as_plain, config_from_yaml, start_study
+from .common import DataConfig, Log, ModelConfig, as_plain, config_from_yaml, finish_study, start_study
 
 CONFIGS_DIR = Path(__file__).resolve().parents[3] / "configs"
 LOSS_TAGS = {"probability": "prob", "log-complement": "logc"}  # short names for row ids and stage names
@@ -567,12 +567,7 @@ def run(cfg: Config, run_dir: str | Path, log: Log = None) -> dict[str, Any]:
     results["figure_rows"] = [r["id"] for r in rows] + [r["id"] for r in contrast_rows]
     _store_figure_tensors(run_dir, figure)
 
-    results["timings"] = store.timings()
-    results["total_seconds"] = sum(t["seconds"] for t in results["timings"])
-    write_json(run_dir / "results.json", results)
-    render(run_dir, results)
-    stages.flush()
-    return results
+    return finish_study(run_dir, results, store, stages, render)
 
 
 def compare_rows(rows: list[dict[str, Any]], per_image: dict[str, dict[str, np.ndarray]],

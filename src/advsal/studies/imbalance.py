@@ -36,9 +36,9 @@ from ..attacks.gradient import BIM, FGSM, loss_gradient
 from ..attacks.targets import random_targets
 from ..data import ImageSet, deplete_class, stratified_split, subset
 from ..progress import Bar
-from ..store import RunStore, write_json
+from ..store import RunStore
 from ..tensors import check_images, check_labels, frozen, model_device, predict_logits
-from .common import DataConfig, Log, ModelConfig, StageLog, config_from_yaml, load_data, train_stage
+from .common import DataConfig, Log, ModelConfig, StageLog, config_from_yaml, finish_study, load_data, train_stage
 
 CONFIGS_DIR = Path(__file__).resolve().parents[3] / "configs"
 ATTACKS = ("fgsm", "bim")
@@ -588,11 +588,7 @@ def run(cfg: Config, run_dir: str | Path, log: Log = None) -> dict[str, Any]:
     results["tests"] = analyse(y, payloads, descent_targets, classes, cfg)
     results["conclusions"] = conclusions(results["tests"], results["classes"], results["table52"]["rows"],
                                          cfg.alpha)
-    results["timings"] = store.timings()
-    results["total_seconds"] = sum(t["seconds"] for t in results["timings"])
-    write_json(run_dir / "results.json", results)
-    render(run_dir, results)
-    return results
+    return finish_study(run_dir, results, store, stages, render)
 
 
 def _model_summary(metrics: dict[str, Any], train: ImageSet, payload: dict[str, Any], y: np.ndarray,
