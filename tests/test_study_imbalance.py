@@ -13,6 +13,7 @@ from torch import nn
 from advsal.attacks.gradient import BIM
 from advsal.studies import imbalance, render_run
 from advsal.studies.common import load_data, merge_config
+from advsal.studies.stats import holm
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -83,7 +84,7 @@ def test_permutation_test_exact_for_few_pairs():
 
 
 def test_holm_adjustment_by_hand():
-    adjusted = imbalance.holm_adjust([0.01, 0.04, 0.03, 0.5])
+    adjusted = holm([0.01, 0.04, 0.03, 0.5])
     # sorted 0.01, 0.03, 0.04, 0.5 → 4·0.01, 3·0.03, max(0.09, 2·0.04), max(0.09, 1·0.5)
     np.testing.assert_allclose(adjusted, [0.04, 0.09, 0.09, 0.5])
 

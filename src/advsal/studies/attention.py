@@ -58,6 +58,7 @@ from ..saliency import grad_cam, guided_backprop
 from ..store import RunStore
 from ..tensors import predict_logits
 from .common import DataConfig, Log, ModelConfig, as_plain, config_from_yaml, finish_study, start_study
+from .stats import finite_pairs, holm, paired_test
 
 CONFIGS_DIR = Path(__file__).resolve().parents[3] / "configs"
 #: The four map combinations of seed 004: (image, class) with x = original, a = adversarial, c = true class C,
@@ -151,37 +152,6 @@ def cliffs_delta(a: np.ndarray, b: np.ndarray) -> float:
     return float((np.sign(diff)).mean())
 
 
-def holm(pvalues: list[float]) -> list[float]:
-    """Holm–Bonferroni adjusted p-values (NaN entries are left out and stay NaN)."""
-    idx = [i for i, p in enumerate(pvalues) if p is not None and np.isfinite(p)]
-    order = sorted(idx, key=lambda i: pvalues[i])
-    out = [math.nan] * len(pvalues)
-    running = 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (len(order) - rank) * pvalues[i]))
-        out[i] = running
-    return out
-
-
-def _finite_pairs(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    ok = np.isfinite(a) & np.isfinite(b)
-    return a[ok], b[ok]
-
-
-def paired_test(after: np.ndarray, before: np.ndarray) -> dict[str, float]:
-    """Wilcoxon signed-rank (two-sided) on ``after − before`` with the paired dominance P(d>0) − P(d<0)."""
-    a, b = _finite_pairs(after, before)
-    d = a - b
-    out = {"n": len(d), "estimate": float(np.mean(d)) if len(d) else math.nan,
-           "effect": float(np.sign(d).mean()) if len(d) else math.nan, "p": math.nan}
-    if len(d) and np.any(d != 0):
-        out["p"] = float(stats.wilcoxon(d, zero_method="wilcox", alternative="two-sided").pvalue)
-    elif len(d):
-        out["p"] = 1.0
-    return out
-
-
 def groups_test(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     """Mann-Whitney U (two-sided) of a vs b with Cliff's δ; estimate = difference of medians."""
     a = np.asarray(a, dtype=float)
@@ -196,7 +166,7 @@ def groups_test(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
 
 def correlation_test(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     """Spearman's ρ with its two-sided p-value."""
-    a, b = _finite_pairs(a, b)
+    a, b = finite_pairs(a, b)
     out = {"n": len(a), "effect": math.nan, "estimate": math.nan, "p": math.nan}
     if len(a) > 2 and np.ptp(a) > 0 and np.ptp(b) > 0:
         rho, p = stats.spearmanr(a, b)

@@ -56,7 +56,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy import stats
 from torch import nn
 
 from ..data import ImageSet
@@ -75,6 +74,7 @@ from ..saliency import grad_cam, gradient
 from ..store import RunStore
 from ..tensors import predict_logits
 from .common import DataConfig, Log, ModelConfig, as_plain, config_from_yaml, finish_study, start_study
+from .stats import finite_pairs, nanmean, paired_test
 
 CONFIGS_DIR = Path(__file__).resolve().parents[3] / "configs"
 LOSS_TAGS = {"probability": "prob", "log-complement": "logc"}  # short names for row ids and stage names
@@ -289,19 +289,15 @@ def select_images(model: nn.Module, test: ImageSet, positive: int, n: int,
 
 
 def paired_comparison(a: np.ndarray, b: np.ndarray, lower_is_better: bool, alpha: float) -> dict[str, Any]:
-    """Row a vs row b on the same images: means over the images where both are defined, mean difference a − b,
-    Wilcoxon signed-rank p (two-sided) and the verdict for a: better / worse (p < alpha, in the direction of the
-    mean difference), no significant difference, or not testable (no pair)."""
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    ok = np.isfinite(a) & np.isfinite(b)
-    a, b = a[ok], b[ok]
-    out: dict[str, Any] = {"n": int(ok.sum()), "a": math.nan, "b": math.nan, "diff": math.nan, "p": math.nan,
-                           "verdict": "not testable"}
-    if not len(a):
+    """Row a vs row b on the same images (``stats.paired_test`` over the images where both are defined): means
+    of both, mean difference a − b, Wilcoxon p (two-sided) and the verdict for a: better / worse (p < alpha, in
+    the direction of the mean difference), no significant difference, or not testable (no pair)."""
+    fa, fb = finite_pairs(a, b)
+    test = paired_test(fa, fb)
+    out: dict[str, Any] = {"n": test["n"], "a": nanmean(fa), "b": nanmean(fb), "diff": test["estimate"],
+                           "p": test["p"], "verdict": "not testable"}
+    if not test["n"]:
         return out
-    d = a - b
-    out.update(a=float(a.mean()), b=float(b.mean()), diff=float(d.mean()))
-    out["p"] = float(stats.wilcoxon(d).pvalue) if np.any(d != 0) else 1.0
     sign = -1.0 if lower_is_better else 1.0
     if out["p"] < alpha and sign * out["diff"] > 0:
         out["verdict"] = "better"
@@ -332,12 +328,6 @@ def paper_verdicts(ours: dict[str, Any], mp: dict[str, Any]) -> dict[str, str] |
             "mp_cc": p_mp["cc_hit_rate"]}
 
 
-def _nanmean(v: np.ndarray) -> float:
-    v = np.asarray(v, dtype=float)
-    v = v[np.isfinite(v)]
-    return float(v.mean()) if len(v) else math.nan
-
-
 def summarize(per_image: dict[str, np.ndarray]) -> dict[str, Any]:
     """Table 1 columns (set means) and the localisation companions of one row."""
     comps, cc = per_image["components"], per_image["cc_hit_rate"]
@@ -345,7 +335,7 @@ def summarize(per_image: dict[str, np.ndarray]) -> dict[str, Any]:
     pooled = float((cc[defined] * comps[defined]).sum() / comps[defined].sum()) if comps[defined].sum() else math.nan
     return {"n": len(cc), "l0": float(per_image["l0"].mean()), "tv": float(per_image["tv"].mean()),
             "classification": float(per_image["classification"].mean()), "ape": float(per_image["ape"].mean()),
-            "cc_hit_rate": _nanmean(cc), "cc_hit_pooled": pooled, "pointing": _nanmean(per_image["pointing"]),
+            "cc_hit_rate": nanmean(cc), "cc_hit_pooled": pooled, "pointing": nanmean(per_image["pointing"]),
             "area": float(per_image["area"].mean()), "components": float(comps.mean()),
             "empty_masks": int((~defined).sum())}
 

@@ -39,6 +39,7 @@ from ..progress import Bar
 from ..store import RunStore
 from ..tensors import check_images, check_labels, frozen, model_device, predict_logits
 from .common import DataConfig, Log, ModelConfig, StageLog, config_from_yaml, finish_study, load_data, train_stage
+from .stats import holm, nanmean
 
 CONFIGS_DIR = Path(__file__).resolve().parents[3] / "configs"
 ATTACKS = ("fgsm", "bim")
@@ -255,20 +256,6 @@ def paired_permutation_test(differences: np.ndarray | Tensor, n_resamples: int =
     return PairedTest(float(d.mean()), float(min(1.0, p)), n, len(nz), exact)
 
 
-def holm_adjust(p_values: list[float] | np.ndarray) -> np.ndarray:
-    """Holm's step-down adjusted p-values (family-wise error control): for the i-th smallest of m p-values,
-    max over j ≤ i of (m − j + 1)·p_(j), capped at 1; returned in the input order."""
-    p = np.asarray(p_values, dtype=np.float64)
-    m = len(p)
-    if m == 0:
-        return p
-    order = np.argsort(p, kind="stable")
-    adjusted = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
-    out = np.empty(m)
-    out[order] = adjusted
-    return out
-
-
 # ------------------------------------------------------------------------------------------------------------
 # Stages
 
@@ -412,22 +399,17 @@ def analyse(y: np.ndarray, payloads: dict[int, dict[str, dict[str, Any]]],
                 seed_diffs = d_means - b_means
                 rows.append({
                     "class": d, "attack": attack, "question": q,
-                    "balanced_mean": _nanmean(b_means), "balanced_std": _nanstd(b_means),
-                    "depleted_mean": _nanmean(d_means), "depleted_std": _nanstd(d_means),
+                    "balanced_mean": nanmean(b_means), "balanced_std": _nanstd(b_means),
+                    "depleted_mean": nanmean(d_means), "depleted_std": _nanstd(d_means),
                     "difference": test.mean_difference, "difference_std_seeds": _nanstd(seed_diffs),
                     "seeds_up": int(np.sum(seed_diffs > 0)), "seeds_down": int(np.sum(seed_diffs < 0)),
                     "n_pairs": test.n, "n_discordant": test.n_nonzero, "p_value": test.p_value,
                     "exact": test.exact})
-    adjusted = holm_adjust([r["p_value"] for r in rows])
+    adjusted = holm([r["p_value"] for r in rows])
     for r, p in zip(rows, adjusted, strict=True):
         r["p_holm"] = float(p)
         r["significant"] = bool(p < cfg.alpha)
     return rows
-
-
-def _nanmean(a: np.ndarray) -> float:
-    a = np.asarray(a, dtype=np.float64)
-    return float(np.mean(a[np.isfinite(a)])) if np.isfinite(a).any() else float("nan")
 
 
 def _nanstd(a: np.ndarray) -> float:
@@ -627,20 +609,20 @@ def _table52(models: dict[str, dict[str, Any]], classes: list[int], seeds: list[
         acc = np.array([m["accuracy"] for m in dep])
         cls_acc = np.array([m["per_class_accuracy"][d] for m in dep], dtype=np.float64)
         bal_cls = np.array([m["per_class_accuracy"][d] for m in bal], dtype=np.float64)
-        rows.append({"class": d, "accuracy": _nanmean(acc), "accuracy_std": _nanstd(acc),
-                     "loss": _nanmean(np.array([m["loss"] for m in dep])),
+        rows.append({"class": d, "accuracy": nanmean(acc), "accuracy_std": _nanstd(acc),
+                     "loss": nanmean(np.array([m["loss"] for m in dep])),
                      "loss_std": _nanstd(np.array([m["loss"] for m in dep])),
-                     "class_accuracy": _nanmean(cls_acc), "class_accuracy_std": _nanstd(cls_acc),
-                     "balanced_class_accuracy": _nanmean(bal_cls),
-                     "class_accuracy_delta": _nanmean(bal_cls - cls_acc),
+                     "class_accuracy": nanmean(cls_acc), "class_accuracy_std": _nanstd(cls_acc),
+                     "balanced_class_accuracy": nanmean(bal_cls),
+                     "class_accuracy_delta": nanmean(bal_cls - cls_acc),
                      "class_accuracy_delta_std": _nanstd(bal_cls - cls_acc),
-                     "accuracy_delta": _nanmean(acc - np.array([m["accuracy"] for m in bal])),
+                     "accuracy_delta": nanmean(acc - np.array([m["accuracy"] for m in bal])),
                      "train_count": dep[0]["train_counts"][d]})
     b_acc = np.array([m["accuracy"] for m in bal])
     b_loss = np.array([m["loss"] for m in bal])
     per_class = np.array([m["per_class_accuracy"] for m in bal], dtype=np.float64)
-    return {"balanced": {"accuracy": _nanmean(b_acc), "accuracy_std": _nanstd(b_acc),
-                         "loss": _nanmean(b_loss), "loss_std": _nanstd(b_loss),
+    return {"balanced": {"accuracy": nanmean(b_acc), "accuracy_std": _nanstd(b_acc),
+                         "loss": nanmean(b_loss), "loss_std": _nanstd(b_loss),
                          "per_class_accuracy": _colmean(per_class)},
             "rows": rows}
 
@@ -668,7 +650,7 @@ def _vulnerability(models: dict[str, dict[str, Any]], classes: list[int], seeds:
 
 
 def _colmean(a: np.ndarray) -> list[float]:
-    return [_nanmean(a[:, j]) for j in range(a.shape[1])]
+    return [nanmean(a[:, j]) for j in range(a.shape[1])]
 
 
 def _colstd(a: np.ndarray) -> list[float]:
