@@ -281,8 +281,8 @@ def run(cfg: Config, run_dir: str | Path, log: Log = None) -> dict[str, Any]:
             if kind != "image+saliency" and name not in cfg.baseline_attacks:
                 continue
             det, scores, key = _detector_stage(store, cfg, clf_key, kind, name, model,
-                                               train_sub.subset(range(n_tr)),
-                                          adv[name]["train"]["x_adv"], test_sub, adv[name]["test"]["x_adv"])
+                                               train_sub.subset(range(n_tr)), adv[name]["train"]["x_adv"],
+                                               test_sub, adv[name]["test"]["x_adv"])
             stages.flush()
             restrict_adv = correct_test & adv[name]["test"]["success"].numpy().astype(bool)
             f_adv = float((adv[name]["test"]["pred"] == test_sub.y).float().mean())
@@ -388,9 +388,14 @@ def _score_matrix(detectors: list[torch.nn.Module], clean: list[np.ndarray],
 
     All detectors are image ⊕ saliency detectors of one classifier and saliency setting, so each test set's
     detector input (one forward + backward of F) is built once and fed to every detector."""
+    first = detectors[0]
+    for det in detectors[1:]:
+        if (det.classifier, det.input, det.saliency_score, det.saliency_target) != \
+                (first.classifier, first.input, first.saliency_score, first.saliency_target):
+            raise ValueError("_score_matrix needs detectors with one classifier and one input/saliency setting")
     matrix = [[0.0] * len(tests) for _ in detectors]
     for j, x_adv in enumerate(tests):
-        feats = detectors[0].build_features(x_adv)
+        feats = first.build_features(x_adv)
         for i, det in enumerate(detectors):
             s_adv = det.score_features(feats).cpu().numpy()
             matrix[i][j] = dm.detection_rates(clean[i], s_adv, det.threshold).accuracy
