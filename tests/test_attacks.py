@@ -20,6 +20,7 @@ from advsal.attacks import (
     least_likely_targets,
     make_attack,
     minimal_epsilon,
+    minimal_epsilon_per_example,
     perturbation_norms,
     random_targets,
 )
@@ -257,6 +258,83 @@ def test_minimal_epsilon(mnist_model, mnist_batch):
     assert 0 < res.eps < 0.5 and res.clean_accuracy <= 1.0
     with pytest.raises(ValueError, match="raise hi"):
         minimal_epsilon(factory, mnist_model, x, y, hi=0.01)
+
+
+# ---------------------------------------------------------------- per-example budgets
+
+@pytest.mark.parametrize("make", [
+    lambda e: FGSM(e),
+    lambda e: BIM(e, steps=4),
+    lambda e: BIM(e * 10, steps=4, norm="l2"),
+    lambda e: PGD(e, steps=3, seed=1),
+    lambda e: PGD(e * 10, steps=3, norm="l2", restarts=2),
+])
+def test_per_example_eps_equals_each_example_alone(mnist_model, mnist_batch, make):
+    x, y = mnist_batch[0][:5], mnist_batch[1][:5]
+    eps = torch.tensor([0.0, 0.05, 0.1, 0.2, 0.3])
+    r = make(eps)(mnist_model, x, y)
+    scale = 10 if make(1.0).norm == "l2" else 1
+    norms = r.l2 if scale == 10 else r.linf
+    assert (norms <= eps * scale + TOL).all() and r.x_adv.min() >= 0 and r.x_adv.max() <= 1
+    assert torch.equal(r.x_adv[0], x[0]) and (norms[1:] > 0.5 * eps[1:] * scale).all()
+    if type(make(1.0)) is not PGD:  # deterministic attacks: equal to each example alone
+        singles = torch.cat([make(float(e))(mnist_model, x[i:i + 1], y[i:i + 1]).x_adv
+                             for i, e in enumerate(eps)])
+        assert torch.allclose(r.x_adv, singles, atol=1e-5)
+    # chunking slices the budgets with the images
+    attack = make(eps)
+    attack.batch_size = 2
+    chunked = attack(mnist_model, x, y)
+    assert (getattr(chunked, "l2" if scale == 10 else "linf") <= eps * scale + TOL).all()
+    if type(attack) is not PGD:
+        assert torch.allclose(chunked.x_adv, r.x_adv, atol=1e-5)
+
+
+def test_per_example_pgd_random_start_matches_scalar_runs(mnist_model, mnist_batch):
+    # the random start is drawn for the whole batch, so compare against the same batch at each scalar eps
+    x, y = mnist_batch[0][:4], mnist_batch[1][:4]
+    eps = torch.tensor([0.05, 0.1, 0.2, 0.3])
+    r = PGD(eps, steps=3, seed=2)(mnist_model, x, y)
+    for i, e in enumerate(eps.tolist()):
+        alone = PGD(e, steps=3, seed=2)(mnist_model, x, y)
+        assert torch.allclose(r.x_adv[i], alone.x_adv[i], atol=1e-5)
+        assert r.linf[i] <= e + TOL
+
+
+def test_per_example_eps_errors(mnist_model, mnist_batch):
+    x, y = mnist_batch[0][:3], mnist_batch[1][:3]
+    with pytest.raises(ValueError, match="index 1 holds -0.1.*clamp"):
+        PGD(torch.tensor([0.1, -0.1, 0.2]))
+    with pytest.raises(ValueError, match="index 2 holds nan"):
+        BIM(torch.tensor([0.1, 0.1, float("nan")]))
+    with pytest.raises(ValueError, match="1-D"):
+        FGSM(torch.ones(3, 1))
+    with pytest.raises(ValueError, match="4 values but the batch has 3"):
+        PGD(torch.full((4,), 0.1))(mnist_model, x, y)
+
+
+def test_minimal_epsilon_per_example_is_analytic_on_linear_model():
+    # two classes, logits W·x + b; FGSM with the true label moves every pixel by ε along sign(w1 − w0), which
+    # on a linear model is the optimal L∞ step: the margin m = z0 − z1 falls by ε·‖w1 − w0‖₁, so ε* = m/‖·‖₁
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(2, 16, generator=g) * 0.5
+    model = linear_model(w, torch.tensor([0.0, 0.0]))
+    x = 0.3 + 0.4 * torch.rand(6, 1, 4, 4, generator=g)
+    logits = model(x).detach()
+    y = logits.argmax(1)
+    margin = (logits.gather(1, y.view(-1, 1)).squeeze(1) - logits.gather(1, (1 - y).view(-1, 1)).squeeze(1))
+    expected = margin / (w[0] - w[1]).abs().sum()
+    assert (expected < 0.3).sum() >= 2  # some images breakable within the pixel box
+    res = minimal_epsilon_per_example(lambda e: FGSM(e, use_true_labels=True), model, x, y,
+                                      hi=0.3, steps=16)
+    reachable = expected < 0.3
+    assert torch.equal(res.found, reachable)
+    assert torch.allclose(res.eps[reachable], expected[reachable], atol=1e-4)
+    assert (res.lower[reachable] <= expected[reachable] + 1e-6).all()
+    assert torch.isinf(res.eps[~reachable]).all()
+    # an image the model already gets wrong needs no budget
+    res = minimal_epsilon_per_example(lambda e: FGSM(e, use_true_labels=True), model, x, 1 - y, hi=0.3)
+    assert (res.eps == 0).all()
 
 
 # ---------------------------------------------------------------- state, targets, registry, bad input

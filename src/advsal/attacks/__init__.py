@@ -12,7 +12,13 @@ from .adaptive import AdaptiveResult, AdaptiveSaliencyAttack, MetzenAttack, atta
 from .base import L0_TOLERANCE, Attack, AttackResult, perturbation_norms
 from .carlini_wagner import CarliniWagnerL2
 from .deepfool import DeepFool
-from .epsilon import MinimalEpsilon, attacked_accuracy, minimal_epsilon
+from .epsilon import (
+    MinimalEpsilon,
+    PerExampleEpsilon,
+    attacked_accuracy,
+    minimal_epsilon,
+    minimal_epsilon_per_example,
+)
 from .gradient import BIM, FGSM, PGD
 from .jsma import JSMA
 from .pixel import PixelAttack
@@ -21,5 +27,7 @@ from .targets import least_likely_targets, random_targets
 
 __all__ = ["ATTACKS", "BIM", "FGSM", "JSMA", "L0_TOLERANCE", "PGD", "PRESETS", "AdaptiveResult",
            "AdaptiveSaliencyAttack", "Attack", "AttackResult", "CarliniWagnerL2", "DeepFool", "MetzenAttack",
-           "MinimalEpsilon", "PixelAttack", "attack_detector_pair", "attack_parameters", "attacked_accuracy",
-           "least_likely_targets", "make_attack", "minimal_epsilon", "perturbation_norms", "random_targets"]
+           "MinimalEpsilon", "PerExampleEpsilon", "PixelAttack", "attack_detector_pair", "attack_parameters",
+           "attacked_accuracy",
+           "least_likely_targets", "make_attack", "minimal_epsilon", "minimal_epsilon_per_example",
+           "perturbation_norms", "random_targets"]

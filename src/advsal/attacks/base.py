@@ -9,6 +9,10 @@ Subclasses implement ``_run(model, x, y, targets) -> x_adv`` (or ``(x_adv, queri
 attacks) on one chunk of already validated inputs; the base class validates, freezes the model (eval mode, no
 parameter gradients, both restored afterwards), splits big inputs into ``batch_size`` chunks with a progress
 bar, clips to [0, 1], and measures success and perturbation norms.
+
+Per-example parameters: an attack lists in ``per_example`` the attributes that may hold one value per example
+(a 1-D tensor of shape (N,), e.g. ``eps``). The base checks their length against the batch and ``_run`` reads
+the running chunk's values with ``self._per_example(value, x)``, so chunking never misaligns them.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..progress import Bar
+from ..progress import Bar, is_quiet
 from ..tensors import check_images, check_labels, frozen, model_device
 
 #: A pixel/feature counts as changed when it moved by more than this (float round-off is not a change).
@@ -78,6 +82,28 @@ def check_nonnegative(name: str, value: float) -> float:
     return v
 
 
+def check_budget(name: str, value: float | Tensor) -> float | Tensor:
+    """A budget (ε, a step size) as a float ≥ 0, or as a per-example 1-D tensor of finite values ≥ 0.
+
+    A 0-d tensor counts as a number. Raises ValueError naming the offending example and the fix.
+    """
+    if not isinstance(value, Tensor) or value.dim() == 0:
+        return check_nonnegative(name, value.item() if isinstance(value, Tensor) else value)
+    if value.dim() != 1:
+        raise ValueError(f"a per-example {name} must be a 1-D tensor of shape (N,) (one budget per image), got "
+                         f"shape {tuple(value.shape)}; flatten it or pass one number")
+    if value.dtype == torch.bool or value.is_complex():
+        raise ValueError(f"{name} must hold real numbers, got dtype {value.dtype}")
+    value = value.detach().float()
+    bad = ~torch.isfinite(value) | (value < 0)
+    if bad.any():
+        i = int(bad.nonzero()[0])
+        raise ValueError(f"{name} must be finite and ≥ 0 for every example; index {i} holds "
+                         f"{float(value[i])!r} ({int(bad.sum())} bad in all) — drop those images or clamp "
+                         f"with {name}.nan_to_num(0).clamp(0, max_budget)")
+    return value.clone()
+
+
 def check_positive_int(name: str, value: int, minimum: int = 1) -> int:
     """Raise ValueError unless ``value`` is an integer ≥ ``minimum`` (used for steps, restarts, ...)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
@@ -98,6 +124,8 @@ class Attack:
     name: str = "attack"
     #: Whether the attack needs ``targets`` (JSMA in its paper form); the base raises if they are missing.
     requires_targets: bool = False
+    #: Attributes that may hold a per-example tensor of shape (N,); read them in ``_run`` via ``_per_example``.
+    per_example: tuple[str, ...] = ()
 
     def __init__(self, batch_size: int | None = None):
         if batch_size is not None:
@@ -105,6 +133,7 @@ class Attack:
         self.batch_size = batch_size
         self._targeted = False
         self._bar: Bar | None = None
+        self._chunk = slice(None)
 
     @property
     def targeted(self) -> bool:
@@ -120,6 +149,25 @@ class Attack:
         """Craft adversarial examples for one validated chunk; ``model`` is frozen and on x's device."""
         raise NotImplementedError
 
+    def _per_example(self, value: float | Tensor, x: Tensor) -> float | Tensor:
+        """A per-example parameter for the running chunk: a float stays a float (the fast path); a tensor of
+        shape (N,) is cut to the chunk being attacked and returned as shape (n,) on x's device."""
+        if isinstance(value, Tensor):
+            return value[self._chunk].to(device=x.device, dtype=x.dtype)
+        return value
+
+    def _check_per_example(self, n: int) -> None:
+        for name in self.per_example:
+            value = getattr(self, name, None)
+            if isinstance(value, Tensor) and value.shape[0] != n:
+                raise ValueError(f"per-example {name} has {value.shape[0]} values but the batch has {n} images; "
+                                 f"pass one {name} per image (shape ({n},)) or a single number")
+
+    @property
+    def _reporting(self) -> bool:
+        """Whether a progress bar is showing (False when silenced: then skip building ``_info`` texts)."""
+        return self._bar is not None
+
     def _default_targets(self, model: nn.Module, x: Tensor, y: Tensor, num_classes: int) -> Tensor | None:
         """Targets to use when the caller passes none (None: run untargeted); e.g. JSMA's random targets."""
         return None
@@ -132,6 +180,7 @@ class Attack:
         check_images(x)
         if x.shape[0] == 0:
             raise ValueError("x is an empty batch; pass at least one image")
+        self._check_per_example(x.shape[0])
         device = model_device(model)
         with torch.no_grad():
             probe = model(x[:1].to(device))
@@ -169,9 +218,10 @@ class Attack:
             size = self.batch_size or n
             advs, queries, preds = [], [], []
             with Bar(f"{self.name}", n) as bar:
-                self._bar = bar
+                self._bar = None if is_quiet() else bar
                 try:
                     for start in range(0, n, size):
+                        self._chunk = slice(start, start + size)
                         xc = x[start:start + size].to(device)
                         yc = y[start:start + size].to(device)
                         tc = targets[start:start + size].to(device) if targets is not None else None
@@ -186,6 +236,7 @@ class Attack:
                         bar.update(xc.shape[0])
                 finally:
                     self._bar = None
+                    self._chunk = slice(None)
         x_adv = torch.cat(advs)
         pred = torch.cat(preds)
         success = pred == targets.to(x.device) if targets is not None else pred != y.to(x.device)

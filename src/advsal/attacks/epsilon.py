@@ -6,10 +6,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor, nn
 
 from ..tensors import check_images, check_labels, predict_logits
-from .base import Attack, check_nonnegative
+from .base import Attack, check_nonnegative, check_positive_int
 
 
 @dataclass
@@ -79,4 +80,60 @@ def minimal_epsilon(attack_factory: Callable[[float], Attack], model: nn.Module,
                           max_accuracy=max_accuracy, curve=curve)
 
 
-__all__ = ["MinimalEpsilon", "attacked_accuracy", "minimal_epsilon"]
+@dataclass
+class PerExampleEpsilon:
+    """Result of ``minimal_epsilon_per_example``, one entry per image: ``eps`` (the smallest budget found at
+    which the attack fools the model; 0 for images misclassified already, +inf where ``found`` is False),
+    ``lower`` (the largest probed budget at which it did not), and ``found`` (fooled at ``hi``, or before)."""
+
+    eps: Tensor
+    lower: Tensor
+    found: Tensor
+
+
+def minimal_epsilon_per_example(attack_factory: Callable[[Tensor], Attack], model: nn.Module, x: Tensor,
+                                y: Tensor, lo: float = 0.0, hi: float = 1.0, steps: int = 10) -> PerExampleEpsilon:
+    """For each image, the smallest ε (by bisection) at which the attack fools the model (``pred != y``).
+
+    All images are bisected at once: ``attack_factory(eps)`` receives a per-example budget tensor of shape
+    (n,) (e.g. ``lambda e: BIM(e, steps=10)``; FGSM, BIM and PGD accept one) and is called on the images
+    still being searched. First every image is attacked at ``hi``; those not fooled there get ``eps = +inf``
+    and ``found = False``. Then ``steps`` halvings of ``[lo, hi]`` leave each bracket ``(hi − lo)/2^steps``
+    wide, with the attack failing at ``lower`` and succeeding at ``eps``. Images the model already gets wrong
+    have ``eps = 0``. As for ``minimal_epsilon``, use a deterministic attack whose success grows with ε.
+    """
+    check_images(x)
+    check_labels(y, x.shape[0])
+    lo, hi = check_nonnegative("lo", lo), check_nonnegative("hi", hi)
+    if hi <= lo:
+        raise ValueError(f"need lo < hi, got lo={lo} and hi={hi}")
+    steps = check_positive_int("steps", steps, minimum=0)
+    n = x.shape[0]
+    wrong = predict_logits(model, x).argmax(1).to(y.device) != y
+    lower = torch.full((n,), lo, device=x.device)
+    upper = torch.full((n,), hi, device=x.device)
+
+    def fooled(idx: Tensor, eps: Tensor) -> Tensor:
+        result = attack_factory(eps.to(x.device))(model, x[idx], y[idx])
+        return result.success.to(x.device)
+
+    todo = (~wrong.to(x.device)).nonzero().squeeze(1)
+    found = wrong.to(x.device).clone()
+    if todo.numel():
+        found[todo] = fooled(todo, upper[todo])
+    todo = todo[found[todo]]
+    for _ in range(steps):
+        if todo.numel() == 0:
+            break
+        mid = (lower[todo] + upper[todo]) / 2
+        ok = fooled(todo, mid)
+        upper[todo] = torch.where(ok, mid, upper[todo])
+        lower[todo] = torch.where(ok, lower[todo], mid)
+    eps = torch.where(found, upper, torch.full_like(upper, torch.inf))
+    eps[wrong.to(x.device)] = 0.0
+    lower[wrong.to(x.device)] = 0.0
+    return PerExampleEpsilon(eps=eps, lower=lower, found=found)
+
+
+__all__ = ["MinimalEpsilon", "PerExampleEpsilon", "attacked_accuracy", "minimal_epsilon",
+           "minimal_epsilon_per_example"]

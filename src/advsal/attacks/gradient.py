@@ -2,6 +2,9 @@
 
 One loop serves all three: FGSM is one BIM step of size ε; PGD is BIM with a random start inside the ε-ball
 and restarts that keep, per example, the best result (Madry et al. 2018).
+
+``eps`` (and ``alpha``) may be one number or a per-example tensor of shape (N,): each image is then attacked
+within its own budget (projection, random start and the default step size all broadcast per example).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Attack, check_nonnegative, check_positive_int
+from .base import Attack, check_budget, check_positive_int
 
 NORMS = ("linf", "l2")
 _TINY = 1e-12
@@ -38,25 +41,39 @@ def loss_gradient(model: nn.Module, x: Tensor, labels: Tensor | None,
     return grad, objective.detach()
 
 
+def _per_image(value: float | Tensor, like: Tensor) -> float | Tensor:
+    """A float as is; a per-example (N,) tensor viewed as (N, 1, 1, ...) to broadcast against ``like``."""
+    return value.view(-1, *([1] * (like.dim() - 1))) if isinstance(value, Tensor) else value
+
+
+def _rows(value: float | Tensor, idx: Tensor) -> float | Tensor:
+    """The entries of a per-example parameter for the examples ``idx`` (a float is shared by all)."""
+    return value[idx] if isinstance(value, Tensor) else value
+
+
 def _l2_normalise(v: Tensor) -> Tensor:
     norms = v.flatten(1).norm(dim=1).clamp_min(_TINY)
     return v / norms.view(-1, *([1] * (v.dim() - 1)))
 
 
-def project(delta: Tensor, eps: float, norm: str) -> Tensor:
-    """Project perturbations onto the ε-ball: clamp (L∞) or rescale those longer than ε (L2)."""
+def project(delta: Tensor, eps: float | Tensor, norm: str) -> Tensor:
+    """Project perturbations onto the ε-ball: clamp (L∞) or rescale those longer than ε (L2). ``eps`` is a
+    number or a per-example tensor of shape (N,)."""
     if norm == "linf":
+        if isinstance(eps, Tensor):
+            e = _per_image(eps, delta)
+            return torch.minimum(torch.maximum(delta, -e), e)
         return delta.clamp(-eps, eps)
     norms = delta.flatten(1).norm(dim=1)
     scale = torch.where(norms > eps, eps / norms.clamp_min(_TINY), torch.ones_like(norms))
     return delta * scale.view(-1, *([1] * (delta.dim() - 1)))
 
 
-def random_start(x: Tensor, eps: float, norm: str, generator: torch.Generator) -> Tensor:
+def random_start(x: Tensor, eps: float | Tensor, norm: str, generator: torch.Generator) -> Tensor:
     """A uniformly random point of the ε-ball around ``x`` (L∞: uniform cube; L2: uniform in the ball), in
-    [0, 1]."""
+    [0, 1]. ``eps`` is a number or a per-example tensor of shape (N,)."""
     if norm == "linf":
-        delta = (torch.rand(x.shape, generator=generator, device=x.device) * 2 - 1) * eps
+        delta = (torch.rand(x.shape, generator=generator, device=x.device) * 2 - 1) * _per_image(eps, x)
     else:
         direction = _l2_normalise(torch.randn(x.shape, generator=generator, device=x.device))
         d = x[0].numel()
@@ -71,18 +88,38 @@ class PGD(Attack):
     Each step ascends the loss: L∞ ``x ← Π(x + α·sign(∇))`` (seed 001 §II-B, iterative FGSM); L2
     ``x ← Π(x + α·∇/‖∇‖₂)``; Π projects onto the ε-ball around the input and clips to [0, 1]. Targeted attacks
     descend the cross-entropy of the targets. ``random_start`` begins at a uniform random point of the ball;
-    ``restarts`` repeats the attack and keeps per example the best run (a successful one, else the highest
-    loss). Default ``alpha = 2.5·ε/steps`` (Madry et al.'s choice: enough to cross the ball and back).
+    ``restarts`` repeats the attack on the examples not yet broken and keeps per example the best run (a
+    successful one, else the highest loss). Default ``alpha = 2.5·ε/steps`` (Madry et al.'s choice: enough to
+    cross the ball and back), resolved when the attack runs.
+
+    Arguments:
+        eps (float or Tensor): budget, one number or one per example (shape (N,)).
+        alpha (float or Tensor, optional): step size (default 2.5·ε/steps, per example with ε).
+        steps (int): gradient steps per run (default 10).
+        norm (str): "linf" or "l2" (default "linf").
+        random_start (bool): start at a uniform random point of the ball (default True).
+        restarts (int): runs, each on the examples not yet broken (default 1).
+        seed (int): random-start seed (default 0).
+        batch_size (int, optional): examples per chunk.
+
+    Shape:
+        x: (N, C, H, W) in [0, 1]; y, targets: (N,) int64. Returns an ``AttackResult``.
+
+    Examples::
+        >>> result = PGD(eps=8 / 255, steps=10)(model, x, y)
+        >>> result = PGD(eps=torch.full((len(x),), 0.1), norm="linf")(model, x, y)  # per-example budget
     """
 
     name = "pgd"
+    per_example = ("eps", "alpha")
 
-    def __init__(self, eps: float, alpha: float | None = None, steps: int = 10, norm: str = "linf",
-                 random_start: bool = True, restarts: int = 1, seed: int = 0, batch_size: int | None = None):
+    def __init__(self, eps: float | Tensor, alpha: float | Tensor | None = None, steps: int = 10,
+                 norm: str = "linf", random_start: bool = True, restarts: int = 1, seed: int = 0,
+                 batch_size: int | None = None):
         super().__init__(batch_size)
-        self.eps = check_nonnegative("eps", eps)
+        self.eps = check_budget("eps", eps)
         self.steps = check_positive_int("steps", steps)
-        self.alpha = 2.5 * self.eps / self.steps if alpha is None else check_nonnegative("alpha", alpha)
+        self.alpha = None if alpha is None else check_budget("alpha", alpha)
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
         self.norm = norm
@@ -93,47 +130,80 @@ class PGD(Attack):
     def _labels(self, model: nn.Module, x: Tensor, y: Tensor, targets: Tensor | None) -> Tensor | None:
         return targets if targets is not None else y
 
-    def _step(self, grad: Tensor) -> Tensor:
-        return self.alpha * (grad.sign() if self.norm == "linf" else _l2_normalise(grad))
+    def _step_size(self, eps: float | Tensor, x: Tensor) -> float | Tensor:
+        return 2.5 * eps / self.steps if self.alpha is None else self._per_example(self.alpha, x)
 
     def _run(self, model: nn.Module, x: Tensor, y: Tensor, targets: Tensor | None) -> Tensor:
-        if self.eps == 0:
+        eps = self._per_example(self.eps, x)
+        if not (eps > 0).any() if isinstance(eps, Tensor) else eps == 0:
             return x
         labels = self._labels(model, x, y, targets)
         targeted = targets is not None
+        alpha = self._step_size(eps, x)
         generator = torch.Generator(device=x.device).manual_seed(self.seed)
-        best = x
+        if self.restarts == 1:
+            return self._ascend(model, x, labels, targeted, eps, alpha, generator, 0)
+        best = x.clone()
         best_success = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         best_objective = torch.full((x.shape[0],), -math.inf, device=x.device)
         for restart in range(self.restarts):
-            x_adv = random_start(x, self.eps, self.norm, generator) if self.random_start else x
-            for step in range(self.steps):
-                grad, _ = loss_gradient(model, x_adv, labels, targeted)
-                x_adv = (x + project(x_adv + self._step(grad) - x, self.eps, self.norm)).clamp(0, 1)
-                self._info(f"restart {restart + 1}/{self.restarts} step {step + 1}/{self.steps}")
-            if self.restarts == 1:
-                return x_adv
+            idx = (~best_success).nonzero().squeeze(1)  # later runs only attack what is still unbroken
+            if idx.numel() == 0:
+                break
+            xi, li = x[idx], labels[idx]
+            x_adv = self._ascend(model, xi, li, targeted, _rows(eps, idx), _rows(alpha, idx), generator, restart)
             with torch.no_grad():
                 logits = model(x_adv)
-                loss = F.cross_entropy(logits, labels, reduction="none")
+                loss = F.cross_entropy(logits, li, reduction="none")
                 objective = -loss if targeted else loss
-                success = logits.argmax(1) == labels if targeted else logits.argmax(1) != labels
-            better = (success & ~best_success) | ((success == best_success) & (objective > best_objective))
-            best = torch.where(better.view(-1, 1, 1, 1), x_adv, best)
-            best_success |= success
-            best_objective = torch.where(better, objective, best_objective)
+                success = logits.argmax(1) == li if targeted else logits.argmax(1) != li
+            better = success | (objective > best_objective[idx])
+            keep = idx[better]
+            best[keep] = x_adv[better]
+            best_success[keep] = success[better]
+            best_objective[keep] = objective[better]
         return best
+
+    def _ascend(self, model: nn.Module, x: Tensor, labels: Tensor | None, targeted: bool, eps: float | Tensor,
+                alpha: float | Tensor, generator: torch.Generator, restart: int) -> Tensor:
+        """One run of ``steps`` projected steps from the input (or a random start) on a batch."""
+        x_adv = random_start(x, eps, self.norm, generator) if self.random_start else x
+        a = _per_image(alpha, x)
+        lo, hi = ((x - _per_image(eps, x)).clamp_min(0), (x + _per_image(eps, x)).clamp_max(1)) \
+            if self.norm == "linf" else (None, None)
+        for step in range(self.steps):
+            grad, _ = loss_gradient(model, x_adv, labels, targeted)
+            with torch.no_grad():
+                if self.norm == "linf":
+                    # Π_ε then clip to [0, 1] in one pass: the box [max(x−ε, 0), min(x+ε, 1)]
+                    x_adv = torch.minimum(torch.maximum(x_adv + a * grad.sign(), lo), hi)
+                else:
+                    x_adv = (x + project(x_adv + _l2_normalise(grad).mul_(a) - x, eps, "l2")).clamp_(0, 1)
+            if self._reporting:
+                self._info(f"restart {restart + 1}/{self.restarts} step {step + 1}/{self.steps}")
+        return x_adv
 
 
 class BIM(PGD):
     """Basic iterative method / iterative FGSM (Kurakin et al. 2016; seed 001 §II-B): PGD from the input
-    itself,
-    no random start, one run. ``norm="l2"`` takes normalised-gradient steps with L2 projection."""
+    itself, no random start, one run. ``norm="l2"`` takes normalised-gradient steps with L2 projection.
+
+    Arguments:
+        eps (float or Tensor): budget, one number or one per example (shape (N,)).
+        alpha (float or Tensor, optional): step size (default 2.5·ε/steps).
+        steps (int): default 10. norm (str): "linf" or "l2". batch_size (int, optional).
+
+    Shape:
+        x: (N, C, H, W) in [0, 1]; y, targets: (N,) int64. Returns an ``AttackResult``.
+
+    Examples::
+        >>> result = BIM(eps=0.1, steps=10)(model, x, y)
+    """
 
     name = "bim"
 
-    def __init__(self, eps: float, alpha: float | None = None, steps: int = 10, norm: str = "linf",
-                 batch_size: int | None = None):
+    def __init__(self, eps: float | Tensor, alpha: float | Tensor | None = None, steps: int = 10,
+                 norm: str = "linf", batch_size: int | None = None):
         super().__init__(eps, alpha, steps, norm, random_start=False, restarts=1, batch_size=batch_size)
 
     def __repr__(self) -> str:
@@ -147,14 +217,27 @@ class FGSM(PGD):
     By default the loss uses the model's own prediction instead of the true label, which avoids label leaking
     (Kurakin et al. 2016, as seed 001 §IV does); ``use_true_labels=True`` uses ``y``. Targeted: one step down
     the cross-entropy of the target.
+
+    Arguments:
+        eps (float or Tensor): budget (= step size), one number or one per example (shape (N,)).
+        use_true_labels (bool): default False. batch_size (int, optional).
+
+    Shape:
+        x: (N, C, H, W) in [0, 1]; y, targets: (N,) int64. Returns an ``AttackResult``.
+
+    Examples::
+        >>> result = FGSM(eps=0.3)(model, x, y)
     """
 
     name = "fgsm"
 
-    def __init__(self, eps: float, use_true_labels: bool = False, batch_size: int | None = None):
-        super().__init__(eps, alpha=eps, steps=1, norm="linf", random_start=False, restarts=1,
+    def __init__(self, eps: float | Tensor, use_true_labels: bool = False, batch_size: int | None = None):
+        super().__init__(eps, alpha=None, steps=1, norm="linf", random_start=False, restarts=1,
                          batch_size=batch_size)
         self.use_true_labels = bool(use_true_labels)
+
+    def _step_size(self, eps: float | Tensor, x: Tensor) -> float | Tensor:
+        return eps  # one step of the full budget
 
     def _labels(self, model: nn.Module, x: Tensor, y: Tensor, targets: Tensor | None) -> Tensor | None:
         if targets is not None:
