@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .errors import AdvsalError
 from .progress import set_quiet
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -24,7 +25,7 @@ DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help="Dataset name (
 RootOpt = Annotated[Path | None, typer.Option(help="Directory or file holding the dataset's files.")]
 
 
-class CLIError(Exception):
+class CLIError(AdvsalError):
     """A user-facing error raised by a command; printed as one line."""
 
 
@@ -311,26 +312,51 @@ def saliency(
     console.print(f"{method} maps for {len(x)} images written to {out / 'maps.safetensors'} and {grid}")
 
 
+DeviceOpt = Annotated[str | None, typer.Option(help="auto (CUDA when available), cpu, cuda, cuda:N or mps; "
+                                                      "default: the config's (auto).")]
+
+
 @app.command()
 def run(
     study: Annotated[str, typer.Argument(help="detection, imbalance, explanation or attention.")],
-    config: Annotated[Path | None, typer.Option(help="A YAML preset (see configs/); default: the study's.")] = None,
+    preset: Annotated[str | None, typer.Option(help="A preset shipped with advsal (e.g. mnist5k, cifar10); "
+                                                    "default: the study's defaults.")] = None,
+    config: Annotated[Path | None, typer.Option(help="A YAML config file (instead of --preset).")] = None,
+    model: Annotated[str | None, typer.Option(help="Your classifier: package.module:function or "
+                                                   "path/to/file.py:function returning an nn.Module that maps "
+                                                   "[0, 1] images to logits (trained by the study unless "
+                                                   "--weights is given).")] = None,
+    weights: Annotated[Path | None, typer.Option(help="A .safetensors state dict for --model (used as is).")]
+    = None,
+    device: DeviceOpt = None,
     name: Annotated[str | None, typer.Option(help="Run name: results go to RUNS/NAME.")] = None,
     runs: Annotated[Path, typer.Option(help="Directory holding run directories.")] = Path("runs"),
     quiet: Quiet = False,
 ) -> None:
     """Run (or resume) a study; every finished stage is cached in the run directory."""
-    from .studies import get_study
+    from .store import run_directory
+    from .studies import get_study, study_config
 
     set_quiet(quiet)
     module = get_study(study)
-    cfg = module.load_config(config)
-    run_dir = runs / (name or cfg.name)
+    overrides: dict = {}
+    if device is not None:
+        overrides["device"] = device
+    if model is not None or weights is not None:
+        overrides["classifier"] = {k: v for k, v in (("architecture", model),
+                                                     ("weights", str(weights) if weights else None)) if v}
+    cfg = study_config(study, preset=preset, path=config, overrides=overrides)
+    run_dir = run_directory(runs, name or cfg.name)
     start = time.perf_counter()
-    results = module.run(cfg, run_dir, log=None if quiet else console.print)
-    console.print(f"{study} study finished in {time.perf_counter() - start:.1f}s: {run_dir / 'report.md'}")
+    results = module.run(cfg, run_dir, log=None if quiet else _log_line)
+    _log_line(f"{study} study finished in {time.perf_counter() - start:.1f}s: {run_dir / 'report.md'}")
     for line in module.summary(results):
-        console.print(line)
+        _log_line(line)
+
+
+def _log_line(text: str) -> None:
+    """One line per event: rich markup off, and no wrapping inside values when stdout is not a terminal."""
+    console.print(text, highlight=False, markup=False, soft_wrap=not console.is_terminal)
 
 
 @app.command()
@@ -344,15 +370,12 @@ def report(run_dir: Annotated[Path, typer.Argument(help="A run directory with re
 
 def main() -> None:
     """Entry point: run the app; known errors become one line on stderr and exit status 2."""
-    from .data import DataError
-    from .models import ModelFileError
-
     try:
         code = app(standalone_mode=False)
     except (typer.Abort, KeyboardInterrupt):
         err_console.print("advsal: aborted")
         sys.exit(130)
-    except (CLIError, DataError, ModelFileError, ValueError, FileNotFoundError, KeyError) as exc:
+    except (AdvsalError, ValueError, FileNotFoundError, KeyError) as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         err_console.print(f"advsal: error: {message}", highlight=False, markup=False, soft_wrap=True)
         sys.exit(2)

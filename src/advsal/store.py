@@ -1,9 +1,14 @@
-"""Run directories, content-addressed caching of stages, atomic writes, resume.
+"""Run directories and the stage graph: content-addressed, verified, resumable caching of a study's steps.
 
-A study writes to ``runs/<name>/``. Each stage's output lives in ``stages/<stage>-<hash>/`` where the hash covers
-the stage name and the configuration that produced it. A stage is computed into a temporary directory that is
-renamed into place only when complete, so a killed run leaves nothing half-written, and running the same stage
-again (same configuration) loads the stored result instead of recomputing it.
+A study writes to ``runs/<name>/``. Each step is a *stage*: ``store.stage(name, compute, params=..., inputs=[...])``
+returns a :class:`Stage` whose key is derived, never written by hand — a hash of the stage's name, its own
+parameters, the keys of the stages (or :class:`Source` fingerprints of data and models) it is computed from, and
+a per-stage format version. Change anything upstream and every stage downstream gets a new key; nothing else does.
+
+A stage is computed into a temporary directory that is renamed into place only when complete, with a manifest of
+the SHA-256 of every file it wrote. Loading verifies the manifest: a stage that was truncated, garbled or
+tampered with is reported (one line, through the ``on_stage`` callback) and recomputed, never served. A run
+directory is locked while a run uses it, so a second run with the same name stops instead of clobbering it.
 """
 
 from __future__ import annotations
@@ -11,20 +16,27 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from .errors import RunBusyError, StoreError
+
 TENSORS_FILE = "tensors.safetensors"
 DATA_FILE = "data.json"
-STAGE_VERSION = 1  # bump when a stage's stored format changes, so old caches are not misread
+MANIFEST_FILE = "manifest.json"
+STORE_FORMAT = 2  # bump when the store's own layout changes, so old caches are not misread
+RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -40,6 +52,12 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same directory and an atomic rename."""
     path = Path(path)
@@ -50,6 +68,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would keep reports and models from colleagues
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -59,6 +78,15 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any] | None = None) -> None:
+    """Write ``tensors`` (and JSON ``metadata``) as one safetensors file, atomically — the one tensor saver."""
+    from safetensors.torch import save
+
+    data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+                metadata={"advsal": json.dumps(to_jsonable(metadata))} if metadata is not None else None)
+    atomic_write_bytes(path, data)
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -86,9 +114,6 @@ def write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(to_jsonable(obj), indent=2))
 
 
-def config_hash(name: str, config: Any) -> str:
-    blob = json.dumps({"stage": name, "v": STAGE_VERSION, "config": to_jsonable(config)}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def save_payload(directory: Path, payload: dict[str, Any]) -> None:
@@ -105,64 +130,271 @@ def save_payload(directory: Path, payload: dict[str, Any]) -> None:
 def load_payload(directory: Path) -> dict[str, Any]:
     from safetensors.torch import load_file
 
-    out: dict[str, Any] = json.loads((directory / DATA_FILE).read_text())
+    out = json.loads((directory / DATA_FILE).read_text())
+    if not isinstance(out, dict):
+        raise ValueError(f"{directory / DATA_FILE} holds a {type(out).__name__}, not a mapping")
     if (directory / TENSORS_FILE).is_file():
         out.update(load_file(str(directory / TENSORS_FILE)))
     return out
 
+# ------------------------------------------------------------------------------------------------ fingerprints
+
+
+def _update_hash(h: Any, obj: Any) -> None:
+    """Feed ``obj``'s content into hash ``h``: tensors and arrays by dtype, shape and bytes (not by reference), an
+    ``nn.Module`` by its state dict, objects with ``fingerprint_parts()`` by those, anything else as JSON."""
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"tensor:{t.dtype}:{tuple(t.shape)}:".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    elif isinstance(obj, np.ndarray):
+        a = np.ascontiguousarray(obj)
+        h.update(f"array:{a.dtype}:{a.shape}:".encode())
+        h.update(a.tobytes())
+    elif isinstance(obj, torch.nn.Module):
+        h.update(f"module:{type(obj).__qualname__}:".encode())
+        for name, value in obj.state_dict().items():
+            h.update(name.encode())
+            _update_hash(h, value)
+    elif hasattr(obj, "fingerprint_parts"):
+        _update_hash(h, obj.fingerprint_parts())
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"seq:{len(obj)}:".encode())
+        for item in obj:
+            _update_hash(h, item)
+    elif isinstance(obj, dict):
+        h.update(f"map:{len(obj)}:".encode())
+        for k in sorted(obj, key=str):
+            h.update(str(k).encode())
+            _update_hash(h, obj[k])
+    else:
+        h.update(json.dumps(to_jsonable(obj), sort_keys=True).encode())
+
+
+def fingerprint(*objects: Any) -> str:
+    """A content hash (hex, 16 digits) of tensors, arrays, modules, image sets and JSON-able values: equal
+    content gives equal fingerprints, whatever file or object it came from."""
+    h = hashlib.sha256()
+    for obj in objects:
+        _update_hash(h, obj)
+    return h.hexdigest()[:16]
+
+
+def _stage_key(name: str, params: Any, inputs: list[tuple[str, str]], version: int) -> str:
+    blob = json.dumps({"stage": name, "format": STORE_FORMAT, "version": version, "params": to_jsonable(params),
+                       "inputs": inputs}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------------ the graph
+
+
+@dataclass(frozen=True)
+class Source:
+    """Something a stage is computed from that the store does not compute itself — data read from files, a model
+    the user brought — identified by a fingerprint of its content (see :func:`fingerprint`)."""
+
+    name: str
+    key: str
+
+    @classmethod
+    def of(cls, name: str, *content: Any) -> Source:
+        return cls(name, fingerprint(*content))
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A finished stage: its ``name``, derived ``key``, directory and payload (tensors and JSON values).
+
+    ``stage["x_adv"]`` reads the payload. Pass a stage in another stage's ``inputs`` to make that one depend on
+    it: its key then changes whenever this one's does."""
+
+    name: str
+    key: str
+    directory: Path
+    payload: dict[str, Any]
+    cached: bool
+
+    def __getitem__(self, item: str) -> Any:
+        return self.payload[item]
+
+    def __contains__(self, item: str) -> bool:
+        return item in self.payload
+
+    def get(self, item: str, default: Any = None) -> Any:
+        return self.payload.get(item, default)
+
+
+Node = Stage | Source
+
 
 @dataclass
 class StageRecord:
+    """One stage served in this process: ``status`` is "computed", "cached" or "recomputed" (with ``reason``:
+    why the stored copy was refused)."""
+
     name: str
     key: str
     seconds: float
-    cached: bool
+    status: str
+    reason: str = ""
+
+    @property
+    def cached(self) -> bool:
+        return self.status == "cached"
 
 
-@dataclass
+class StageInvalid(Exception):
+    """A stored stage failed verification or parsing (internal: the store recomputes it)."""
+
+
+def check_run_name(name: str) -> str:
+    """A run name is one path component: letters, digits, ``.``, ``_`` and ``-``, not starting with a dot."""
+    if not isinstance(name, str) or not RUN_NAME.match(name) or name in (".", ".."):
+        raise StoreError(f"invalid run name {name!r}: use letters, digits, '.', '_' and '-' only (no '/', no "
+                         "leading dot), e.g. --name demo-2")
+    return name
+
+
+def run_directory(runs: str | Path, name: str) -> Path:
+    """``runs/name`` for a validated run name: a run can never write outside ``runs``."""
+    return Path(runs) / check_run_name(name)
+
+
 class RunStore:
-    """A run directory with cached stages. ``records`` lists every stage served in this process, with timings."""
+    """A run directory with its stage graph; use as a context manager (or call ``close``) to release its lock.
 
-    root: Path
-    records: list[StageRecord] = field(default_factory=list)
+    ``on_stage(record)`` is called after every stage is served (computed, loaded, or recomputed because the
+    stored copy failed verification); ``records`` keeps them all, with timings."""
 
-    def __post_init__(self) -> None:
-        self.root = Path(self.root)
-        (self.root / "stages").mkdir(parents=True, exist_ok=True)
-        for stale in (self.root / "stages").glob("*.partial-*"):  # left behind by a killed run
+    def __init__(self, root: str | Path, on_stage: Callable[[StageRecord], None] | None = None):
+        from filelock import FileLock, Timeout
+
+        self.root = Path(root)
+        if self.root.exists() and not self.root.is_dir():
+            raise StoreError(f"{self.root} exists and is not a directory; choose another run name or --runs")
+        self.records: list[StageRecord] = []
+        self.on_stage = on_stage
+        try:
+            (self.root / "stages").mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create the run directory {self.root} ({exc.strerror}); choose another "
+                             "--runs folder") from exc
+        self._lock = FileLock(str(self.root / ".lock"))
+        try:
+            self._lock.acquire(timeout=0)
+        except Timeout:
+            raise RunBusyError(f"{self.root} is in use by {self._holder()}; wait for it to finish or choose "
+                               "another --name") from None
+        atomic_write_text(self.root / ".lock.owner", json.dumps(
+            {"pid": os.getpid(), "host": socket.gethostname(), "since": datetime.now(timezone.utc).isoformat()}))
+        for stale in (self.root / "stages").glob("*.partial-*"):  # the lock is ours: these are a dead run's
             shutil.rmtree(stale, ignore_errors=True)
 
-    def stage_dir(self, name: str, config: Any) -> Path:
-        return self.root / "stages" / f"{name}-{config_hash(name, config)}"
+    def _holder(self) -> str:
+        try:
+            owner = json.loads((self.root / ".lock.owner").read_text())
+            return f"process {owner['pid']} on {owner['host']} (since {owner['since']})"
+        except (OSError, ValueError, KeyError, TypeError):
+            return "another process"
 
-    def is_done(self, name: str, config: Any) -> bool:
-        return self.stage_dir(name, config).is_dir()
+    def close(self) -> None:
+        if self._lock.is_locked:
+            (self.root / ".lock.owner").unlink(missing_ok=True)
+            self._lock.release()
 
-    def cached_dir(self, name: str, config: Any, produce: Callable[[Path], None]) -> Path:
-        """The finished directory of stage ``name`` for ``config``; ``produce(tmp_dir)`` fills it when absent."""
-        final = self.stage_dir(name, config)
+    def __enter__(self) -> RunStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        lock = getattr(self, "_lock", None)
+        if lock is not None and lock.is_locked:
+            lock.release(force=True)
+
+    # -- stages --
+    def stage(self, name: str, compute: Callable[[], dict[str, Any]], *, params: Any = None,
+              inputs: list[Node] | tuple[Node, ...] = (), version: int = 1) -> Stage:
+        """Stage ``name``: its stored payload when one with the same key exists and verifies, else
+        ``compute()`` (a dict of tensors and JSON-able values), stored atomically.
+
+        The key is derived from ``name``, ``params`` (JSON-able; dataclasses allowed), the keys of ``inputs``
+        (other stages, or :class:`Source` fingerprints) and ``version`` (bump it when ``compute``'s output
+        changes meaning)."""
+        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._'+=-]*$", name):
+            raise ValueError(f"stage name {name!r} must be one path component")
+        links = [(node.name, node.key) for node in inputs]
+        key = _stage_key(name, params, links, version)
+        final = self.root / "stages" / f"{name}-{key}"
         start = time.perf_counter()
+        reason = ""
         if final.is_dir():
-            self.records.append(StageRecord(name, final.name, time.perf_counter() - start, True))
-            return final
+            try:
+                payload = self._load_verified(final)
+                self._record(StageRecord(name, key, time.perf_counter() - start, "cached"))
+                return Stage(name, key, final, payload, cached=True)
+            except StageInvalid as exc:
+                reason = str(exc)
+                shutil.rmtree(final, ignore_errors=True)
         tmp = final.with_name(f"{final.name}.partial-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         try:
-            produce(tmp)
-            (tmp / "config.json").write_text(json.dumps(to_jsonable({"stage": name, "config": config}), indent=2))
+            payload = compute()
+            if not isinstance(payload, dict):
+                raise TypeError(f"stage {name!r}: compute() must return a dict, got {type(payload).__name__}")
+            save_payload(tmp, payload)
+            files = {p.name: {"sha256": _file_digest(p), "bytes": p.stat().st_size}
+                     for p in sorted(tmp.iterdir()) if p.is_file()}
+            manifest = {"stage": name, "key": key, "format": STORE_FORMAT, "version": version,
+                        "params": to_jsonable(params), "inputs": dict(links), "files": files,
+                        "seconds": round(time.perf_counter() - start, 3),
+                        "created": datetime.now(timezone.utc).isoformat()}
+            (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
             os.replace(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         _fsync_dir(final.parent)
-        self.records.append(StageRecord(name, final.name, time.perf_counter() - start, False))
-        return final
+        self._record(StageRecord(name, key, time.perf_counter() - start,
+                                 "recomputed" if reason else "computed", reason))
+        return Stage(name, key, final, load_payload(final), cached=False)
 
-    def cached(self, name: str, config: Any, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        """Stage ``name``'s payload (a dict of tensors and JSON-able values), computed once per config."""
-        directory = self.cached_dir(name, config, lambda tmp: save_payload(tmp, compute()))
-        return load_payload(directory)
+    def _load_verified(self, directory: Path) -> dict[str, Any]:
+        try:
+            manifest = json.loads((directory / MANIFEST_FILE).read_text())
+            files = manifest["files"]
+            if not isinstance(files, dict):
+                raise TypeError("files is not a mapping")
+        except FileNotFoundError:
+            raise StageInvalid("no manifest (written by an older advsal or interrupted)") from None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise StageInvalid(f"unreadable manifest ({exc})") from None
+        present = {p.name for p in directory.iterdir() if p.is_file() and p.name != MANIFEST_FILE}
+        if present != set(files):
+            raise StageInvalid(f"files {sorted(present ^ set(files))} differ from its manifest")
+        for fname, meta in files.items():
+            if not isinstance(meta, dict) or _file_digest(directory / fname) != meta.get("sha256"):
+                raise StageInvalid(f"{fname} does not match its checksum (truncated or modified)")
+        try:
+            return load_payload(directory)
+        except Exception as exc:  # a payload that verified but cannot be parsed: an older format
+            raise StageInvalid(f"unparsable payload ({type(exc).__name__}: {exc})") from None
+
+    def _record(self, record: StageRecord) -> None:
+        self.records.append(record)
+        if self.on_stage is not None:
+            self.on_stage(record)
 
     def path(self, *parts: str) -> Path:
         p = self.root.joinpath(*parts)

@@ -7,7 +7,7 @@ caller's train()/eval() mode or requires_grad flags without restoring them, and 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -137,3 +137,46 @@ class ReLUReplacementMode(TorchFunctionMode):
             return func(*args, **kwargs)
         self.replaced += 1
         return self.replace(args[0], inplace)
+
+
+def resolve_device(spec: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` (CUDA when available, else Apple's MPS, else the CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or
+    ``"mps"`` as a ``torch.device``; a device this machine lacks raises DeviceError naming the ones it has."""
+    from .errors import DeviceError
+
+    if isinstance(spec, torch.device):
+        spec = str(spec)
+    if not isinstance(spec, str):
+        raise DeviceError(f"device must be a string such as 'auto', 'cpu' or 'cuda:0', got {spec!r}")
+    mps = getattr(torch.backends, "mps", None)
+    has_mps = bool(mps is not None and mps.is_available())
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps") if has_mps else torch.device("cpu")
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, ValueError):
+        raise DeviceError(f"unknown device {spec!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    available = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())] + (["mps"] if has_mps else [])
+    if device.type == "cuda" and (not torch.cuda.is_available()
+                                  or (device.index or 0) >= torch.cuda.device_count()):
+        raise DeviceError(f"device {spec!r} is not available here (available: {', '.join(available)}); "
+                          "use --device auto")
+    if device.type == "mps" and not has_mps:
+        raise DeviceError(f"device 'mps' is not available here (available: {', '.join(available)})")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise DeviceError(f"unsupported device {spec!r}; use auto, cpu, cuda, cuda:N or mps")
+    return device
+
+
+def batch_slices(n: int, size: int) -> list[slice]:
+    """Consecutive slices of at most ``size`` covering ``range(n)`` — the one chunker for batched loops."""
+    if size < 1:
+        raise ValueError(f"batch size must be ≥ 1, got {size}")
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def map_batches(fn: Callable[[slice], torch.Tensor], n: int, size: int) -> torch.Tensor:
+    """``torch.cat`` of ``fn(s)`` over :func:`batch_slices` ``(n, size)``."""
+    return torch.cat([fn(s) for s in batch_slices(n, size)])

@@ -8,8 +8,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..errors import AdvsalError
 
-class DataError(ValueError):
+
+class DataError(AdvsalError, ValueError):
     """Raised for missing, corrupt or inconsistent data; the message names the problem and the fix."""
 
 

@@ -11,11 +11,12 @@ from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
 from .. import __version__
+from ..errors import AdvsalError
 from ..store import atomic_write_bytes, atomic_write_text
 from .zoo import ZooModel, build_model
 
 
-class ModelFileError(ValueError):
+class ModelFileError(AdvsalError, ValueError):
     """A model file is missing, corrupt, or does not match its metadata."""
 
 
