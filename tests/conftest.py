@@ -1,6 +1,12 @@
-"""Shared fixtures: the bundled data and one small trained MNIST classifier per test session."""
+"""Shared fixtures: the bundled data and one small trained MNIST classifier per test session.
+
+``ADVSAL_TEST_DEVICE=cuda make test`` runs the suite's models (and the studies' tiny configs) on a GPU; the
+default is the CPU.
+"""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
@@ -8,9 +14,17 @@ import torch
 from advsal.data import load_dataset
 from advsal.models import build_model
 from advsal.progress import set_quiet
+from advsal.tensors import resolve_device
 from advsal.training import train_classifier
 
 set_quiet(True)
+#: The device tests run their models on (a string, as study configs take it).
+TEST_DEVICE = str(resolve_device(os.environ.get("ADVSAL_TEST_DEVICE", "cpu")))
+
+
+@pytest.fixture(scope="session")
+def device() -> str:
+    return TEST_DEVICE
 
 
 @pytest.fixture(scope="session")
@@ -23,7 +37,7 @@ def mnist5k():
 def mnist_model(mnist5k):
     """mnist-net (seed 001 Table I) trained 3 epochs on mnist5k train: about 97% test accuracy, in eval mode."""
     train, _ = mnist5k
-    model = build_model("mnist-net", seed=0)
+    model = build_model("mnist-net", seed=0).to(TEST_DEVICE)
     train_classifier(model, train, epochs=3, batch_size=64, seed=0)
     return model.eval()
 
@@ -34,5 +48,5 @@ def mnist_batch(mnist5k, mnist_model):
     _, test = mnist5k
     x, y = test.x[:300], test.y[:300]
     with torch.no_grad():
-        ok = mnist_model(x).argmax(1) == y
+        ok = mnist_model(x.to(TEST_DEVICE)).argmax(1).cpu() == y
     return x[ok][:200].clone(), y[ok][:200].clone()
