@@ -9,6 +9,7 @@ import pytest
 
 from advsal.cli import main
 from advsal.models import load_model
+from advsal.saliency import SALIENCY_METHODS
 
 
 @pytest.fixture
@@ -68,6 +69,17 @@ def test_attack_then_saliency(tmp_path, advsal):
     assert set(load_file(tmp_path / "clean" / "maps.safetensors")) == {"clean"}
     # without adversarial images: one column per example (3 + the label column), image row + one map row
     assert matplotlib.image.imread(tmp_path / "clean" / "grid.png").shape[:2] == (2.5 * 120, 4 * 120)
+    # every name of the library's registry (and the old CLI spellings) gives one (N, H, W) map per image
+    for name in [*SALIENCY_METHODS, "guided", "gradcam", "guided-gradcam", "ig"]:
+        r = advsal("saliency", "--model", str(model), "--dataset", "digits", "--method", name, "--n", "2",
+                   "--out", str(tmp_path / name))
+        assert r.returncode == 0, (name, r.stderr)
+        assert load_file(tmp_path / name / "maps.safetensors")["clean"].shape == (2, 8, 8), name
+    r = advsal("saliency", "--model", str(model), "--method", "lime", "--out", str(tmp_path / "lime"))
+    assert r.returncode != 0 and "unknown saliency method 'lime'" in r.stderr
+    assert "integrated-gradients" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = advsal("saliency", "--help")
+    assert all(name in " ".join(r.stdout.split()) for name in SALIENCY_METHODS)
 
 
 @pytest.mark.parametrize("args, message", [

@@ -11,12 +11,15 @@ from torch import nn
 
 from advsal.models import build_model
 from advsal.saliency import (
+    SALIENCY_METHODS,
     CamResult,
     grad_cam,
+    grad_cam_layers,
     gradient,
     guided_backprop,
     guided_grad_cam,
     integrated_gradients,
+    saliency_method,
     smoothgrad,
 )
 
@@ -207,12 +210,44 @@ def test_grad_cam_upsamples_bilinearly_to_input_size(mnist_model, mnist_batch):
     torch.testing.assert_close(r.upsampled, expected)
 
 
-def test_grad_cam_layer_list_matches_single_calls(mnist_model, mnist_batch):
+def test_grad_cam_layers_equal_per_layer_grad_cam(mnist_model, mnist_batch):
     x = mnist_batch[0][:6]
-    both = grad_cam(mnist_model, x, 3, layer=["features.5", MNIST_CAM])
-    assert set(both) == {"features.5", MNIST_CAM}
+    conv = dict(mnist_model.named_modules())["features.5"]
+    both = grad_cam_layers(mnist_model, x, 3, layers=[conv, MNIST_CAM])  # a module is keyed by its name
+    assert list(both) == ["features.5", MNIST_CAM]
     for name, res in both.items():
-        torch.testing.assert_close(res.cam, grad_cam(mnist_model, x, 3, layer=name).cam)
+        one = grad_cam(mnist_model, x, 3, layer=name)
+        assert isinstance(res, CamResult) and res.layer == name
+        torch.testing.assert_close(res.cam, one.cam)
+        torch.testing.assert_close(res.upsampled, one.upsampled)
+        assert res.target.tolist() == one.target.tolist()
+    every = grad_cam_layers(mnist_model, x, layers=("features.5",), all_classes=True, upsample=False)
+    torch.testing.assert_close(every["features.5"].cam,
+                               grad_cam(mnist_model, x, layer="features.5", all_classes=True).cam)
+
+
+def test_grad_cam_takes_one_layer_grad_cam_layers_a_list(mnist_model, mnist_batch):
+    x = mnist_batch[0][:2]
+    with pytest.raises(ValueError, match="grad_cam_layers"):
+        grad_cam(mnist_model, x, 3, layer=["features.5", MNIST_CAM])
+    with pytest.raises(ValueError, match="grad_cam_layers"):
+        grad_cam(mnist_model, x, 3, layer=(MNIST_CAM,))
+    with pytest.raises(ValueError, match="for one layer call grad_cam"):
+        grad_cam_layers(mnist_model, x, 3, layers=MNIST_CAM)
+    with pytest.raises(ValueError, match="empty"):
+        grad_cam_layers(mnist_model, x, 3, layers=[])
+
+
+def test_arguments_after_target_are_keyword_only(mnist_model, mnist_batch):
+    x, y = mnist_batch[0][:2], mnist_batch[1][:2]
+    calls = [lambda: gradient(mnist_model, x, "true", y), lambda: guided_backprop(mnist_model, x, "true", y),
+             lambda: grad_cam(mnist_model, x, 0, MNIST_CAM), lambda: guided_grad_cam(mnist_model, x, 0, MNIST_CAM),
+             lambda: grad_cam_layers(mnist_model, x, 0, [MNIST_CAM]),
+             lambda: integrated_gradients(mnist_model, x, "true", y),
+             lambda: smoothgrad("gradient", mnist_model, x, "true", y)]
+    for call in calls:
+        with pytest.raises(TypeError, match="positional"):
+            call()
 
 
 def test_grad_cam_default_layer():
@@ -318,8 +353,28 @@ def test_smoothgrad(mnist_model, mnist_batch):
     noisy = [x + 0.2 * torch.randn(x.shape, generator=gen) for _ in range(6)]
     by_hand = torch.stack([_grad_unchecked(mnist_model, xn, 2).abs() for xn in noisy]).mean(0)
     torch.testing.assert_close(a, by_hand, atol=1e-5, rtol=1e-4)
-    cam = smoothgrad("grad_cam", mnist_model, x, 2, n=3, sigma=0.1, layer=MNIST_CAM)
+    cam = smoothgrad("grad-cam", mnist_model, x, 2, n=3, sigma=0.1, layer=MNIST_CAM)
     assert isinstance(cam, CamResult) and cam.cam.shape == (2, 14, 14) and cam.target.tolist() == [2, 2]
+    torch.testing.assert_close(smoothgrad("guided-backprop", mnist_model, x, 2, n=1, sigma=0.0),
+                               guided_backprop(mnist_model, x, 2))
+    with pytest.raises(ValueError, match="guided-backprop"):  # the registry's spelling, not the function's
+        smoothgrad("guided_backprop", mnist_model, x, 2)
+
+
+def test_registry_display_maps(mnist_model, mnist_batch):
+    x = mnist_batch[0][:2]
+    assert list(SALIENCY_METHODS) == ["gradient", "guided-backprop", "grad-cam", "guided-grad-cam", "smoothgrad",
+                                      "integrated-gradients"]
+    assert SALIENCY_METHODS["grad-cam"].function is grad_cam and SALIENCY_METHODS["smoothgrad"].function is smoothgrad
+    for name, method in SALIENCY_METHODS.items():
+        maps = method.display(mnist_model, x, 2, layer=MNIST_CAM if method.uses_layer else None, seed=0)
+        assert maps.shape == (2, 28, 28) and torch.isfinite(maps).all(), name
+    torch.testing.assert_close(SALIENCY_METHODS["gradient"].display(mnist_model, x, 2),
+                               gradient(mnist_model, x, 2).abs().amax(1))
+    torch.testing.assert_close(SALIENCY_METHODS["grad-cam"].display(mnist_model, x, 2, layer=MNIST_CAM),
+                               grad_cam(mnist_model, x, 2, layer=MNIST_CAM).upsampled)
+    with pytest.raises(ValueError, match="integrated-gradients"):
+        saliency_method("ig")
 
 
 def _grad_unchecked(model, x, c):

@@ -239,32 +239,27 @@ def _load_arrays(path: Path) -> dict:
         raise CLIError(f"{path}: not a readable adversarial-examples file ({exc})") from exc
 
 
-SALIENCY_METHODS = ("gradient", "guided", "gradcam", "guided-gradcam", "smoothgrad", "ig")
+#: Old CLI spellings of saliency methods, still accepted; the names are those of advsal.saliency.SALIENCY_METHODS.
+_SALIENCY_ALIASES = {"guided": "guided-backprop", "gradcam": "grad-cam", "guided-gradcam": "guided-grad-cam",
+                     "ig": "integrated-gradients"}
 
 
-def _saliency_maps(net, x, target, method: str, layer: str | None, seed: int):
-    from . import saliency
+def _saliency_method(method: str):
+    """The registered saliency method called ``method`` (or an old alias of its name); a CLIError otherwise."""
+    from .saliency import SALIENCY_METHODS
 
-    if method == "gradient":
-        return saliency.gradient(net, x, target, reduce="max")
-    if method == "guided":
-        return saliency.guided_backprop(net, x, target, reduce="max")
-    if method == "gradcam":
-        return saliency.grad_cam(net, x, target, layer=layer).upsampled
-    if method == "guided-gradcam":
-        return saliency.guided_grad_cam(net, x, target, layer=layer).abs().amax(1)
-    if method == "smoothgrad":
-        return saliency.smoothgrad("gradient", net, x, target, seed=seed, reduce="max")
-    if method == "ig":
-        return saliency.integrated_gradients(net, x, target).attributions.abs().amax(1)
-    raise CLIError(f"unknown saliency method {method!r}; choose from {', '.join(SALIENCY_METHODS)}")
+    name = _SALIENCY_ALIASES.get(method, method)
+    if name not in SALIENCY_METHODS:
+        raise CLIError(f"unknown saliency method {method!r}; choose from {', '.join(SALIENCY_METHODS)}")
+    return SALIENCY_METHODS[name]
 
 
 @app.command()
 def saliency(
     model: Annotated[Path, typer.Option(help="A model saved by `advsal train`.")],
     out: Annotated[Path, typer.Option(help="Output directory (maps.safetensors and grid.png).")],
-    method: Annotated[str, typer.Option(help=f"One of {', '.join(SALIENCY_METHODS)}.")] = "gradient",
+    method: Annotated[str, typer.Option(help="One of gradient, guided-backprop, grad-cam, guided-grad-cam, "
+                                             "smoothgrad, integrated-gradients.")] = "gradient",
     dataset: DatasetOpt = "mnist5k",
     root: RootOpt = None,
     target: Annotated[str, typer.Option(help="predicted, true, or a class index.")] = "predicted",
@@ -282,6 +277,7 @@ def saliency(
     from .report.figures import saliency_grid
     from .store import atomic_write_bytes
 
+    display = _saliency_method(method).display
     net = load_model(model)
     if adv is not None:
         stored = _load_arrays(adv)
@@ -296,9 +292,9 @@ def saliency(
         tgt = torch.full((len(x),), int(target), dtype=torch.long)
     else:
         raise CLIError(f"--target must be predicted, true or a class index, got {target!r}")
-    maps = {"clean": _saliency_maps(net, x, tgt, method, layer, seed)}
+    maps = {"clean": display(net, x, tgt, layer=layer, seed=seed)}
     if x_adv is not None:
-        maps["adversarial"] = _saliency_maps(net, x_adv, tgt, method, layer, seed)
+        maps["adversarial"] = display(net, x_adv, tgt, layer=layer, seed=seed)
     out.mkdir(parents=True, exist_ok=True)
     from safetensors.torch import save
 

@@ -12,11 +12,9 @@ from torch import nn
 from ..progress import track
 from ..tensors import frozen, model_device, resolve_target
 from ._core import SCORES, Target, check_choice, check_inputs, class_scores, relaxed_range
-from .gradcam import CamResult, grad_cam, guided_grad_cam
-from .gradients import gradient, guided_backprop, input_gradients
+from .gradcam import CamResult
+from .gradients import input_gradients
 
-METHODS: dict[str, Callable] = {"gradient": gradient, "guided_backprop": guided_backprop,
-                                "grad_cam": grad_cam, "guided_grad_cam": guided_grad_cam}
 RULES = ("midpoint", "trapezoid", "left", "right")
 
 
@@ -24,14 +22,15 @@ def _chunks(total: int, per_chunk: int) -> list[tuple[int, int]]:
     return [(i, min(per_chunk, total - i)) for i in range(0, total, per_chunk)]
 
 
-def smoothgrad(method: str | Callable, model: nn.Module, x: torch.Tensor, target: Target = "predicted",
+def smoothgrad(method: str | Callable, model: nn.Module, x: torch.Tensor, target: Target = "predicted", *,
                labels: torch.Tensor | None = None, n: int = 25, sigma: float = 0.15, seed: int = 0,
                batch_size: int = 1024, **kw) -> torch.Tensor | CamResult:
     """SmoothGrad (Smilkov et al. 2017 Eq. 3): M̂_c(x) = 1/n Σ_i M_c(x + N(0, σ²)).
 
     Args:
         method: a saliency function of ``(model, x, target, **kw)`` returning a tensor or a CamResult, or
-            one of the names ``"gradient"``, ``"guided_backprop"``, ``"grad_cam"``, ``"guided_grad_cam"``.
+            the name of one in :data:`advsal.saliency.methods.SALIENCY_METHODS` that averages
+            (``"gradient"``, ``"guided-backprop"``, ``"grad-cam"``, ``"guided-grad-cam"``).
         n: noise samples per image; sigma: noise standard deviation in pixel units (pixels span [0, 1], so
             this is the paper's σ / (x_max − x_min)). Noisy images are not clipped, as in the paper.
         target: resolved once on the clean images (``"predicted"`` = the clean prediction) and kept for every
@@ -43,8 +42,10 @@ def smoothgrad(method: str | Callable, model: nn.Module, x: torch.Tensor, target
     Returns the averaged output of ``method``: a tensor of its shape, or a CamResult with averaged maps.
     """
     if isinstance(method, str):
-        check_choice(method, tuple(METHODS), "method")
-        method = METHODS[method]
+        from .methods import SALIENCY_METHODS, SMOOTHABLE_METHODS
+
+        check_choice(method, SMOOTHABLE_METHODS, "method")
+        method = SALIENCY_METHODS[method].function
     if not callable(method):
         raise ValueError(f"method must be a saliency function or a name, got {type(method).__name__}")
     if n < 1:
@@ -118,7 +119,7 @@ def _path(steps: int, rule: str) -> tuple[torch.Tensor, torch.Tensor]:
     return k / (steps - 1), w
 
 
-def integrated_gradients(model: nn.Module, x: torch.Tensor, target: Target = "predicted",
+def integrated_gradients(model: nn.Module, x: torch.Tensor, target: Target = "predicted", *,
                          labels: torch.Tensor | None = None, baseline: torch.Tensor | float | None = None,
                          steps: int = 50, score: str = "logit", rule: str = "midpoint",
                          batch_size: int = 1024) -> IGResult:
@@ -165,7 +166,7 @@ def integrated_gradients(model: nn.Module, x: torch.Tensor, target: Target = "pr
             a = alphas[start:start + k].to(x.device, x.dtype).view(k, 1, 1, 1, 1)
             w = weights[start:start + k].to(x.device, x.dtype).view(k, 1, 1, 1, 1)
             points = (base.unsqueeze(0) + a * diff.unsqueeze(0)).flatten(0, 1)
-            grad, _ = input_gradients(model, points, t.repeat(k), None, score)
+            grad, _ = input_gradients(model, points, t.repeat(k), score=score)
             avg_grad += (w * grad.view(k, *x.shape)).sum(0)
     attributions = diff * avg_grad
     device = model_device(model)

@@ -67,19 +67,18 @@ def _capture_hook(name: str, store: dict[str, torch.Tensor]):
     return hook
 
 
-def grad_cam(model: nn.Module, x: torch.Tensor, target: Target = "predicted",
-             layer: Layer | Sequence[Layer] | None = None, labels: torch.Tensor | None = None,
-             upsample: bool = True, relu: bool = True, score: str = "logit",
-             all_classes: bool = False) -> CamResult | dict[str, CamResult]:
+def grad_cam(model: nn.Module, x: torch.Tensor, target: Target = "predicted", *, layer: Layer | None = None,
+             labels: torch.Tensor | None = None, upsample: bool = True, relu: bool = True, score: str = "logit",
+             all_classes: bool = False) -> CamResult:
     """Grad-CAM (Selvaraju et al. 2017 Eq. 1–2): α_k^c = mean_ij ∂y^c/∂A^k_ij, L^c = ReLU(Σ_k α_k^c A^k).
 
     Args:
         model: any classifier mapping [0, 1] images to logits (its mode and flags are restored afterwards).
         x: (N, C, H, W) images in [0, 1].
         target: one class per example — a tensor of N indices, an int, ``"predicted"`` or ``"true"``.
-        layer: a ``model.named_modules()`` name (or the module) whose output A is explained, or a list of them
-            (→ a dict name → CamResult from one forward/backward pass); default ``model.cam_layer`` (zoo
-            models: the last convolutional stage), else the model's last ``nn.Conv2d``.
+        layer: ONE ``model.named_modules()`` name (or the module) whose output A is explained; default
+            ``model.cam_layer`` (zoo models: the last convolutional stage), else the model's last ``nn.Conv2d``.
+            For several layers from one forward/backward pass use :func:`grad_cam_layers`.
         labels: the true labels, needed for ``target="true"``.
         upsample: also return the map bilinearly resized to (H, W) (``align_corners=False``).
         relu: apply the ReLU of Eq. 2 (off: the signed map).
@@ -87,14 +86,39 @@ def grad_cam(model: nn.Module, x: torch.Tensor, target: Target = "predicted",
         all_classes: maps for every class, ``cam`` of shape (N, classes, h, w), from one forward pass and one
             batched backward (much cheaper than one call per class); ``target`` is then ignored.
 
-    Returns a :class:`CamResult` (a dict of them for a list of layers), tensors on x's device.
+    Returns a :class:`CamResult`, tensors on x's device.
     """
+    if layer is not None and not isinstance(layer, (str, nn.Module)):
+        raise ValueError(f"grad_cam takes one layer (a name or a module), got {type(layer).__name__}; for "
+                         "several layers from one pass call grad_cam_layers(model, x, target, layers=[...])")
+    name = default_layer(model) if layer is None else layer
+    (result,) = _grad_cams(model, x, target, [name], labels=labels, upsample=upsample, relu=relu, score=score,
+                           all_classes=all_classes).values()
+    return result
+
+
+def grad_cam_layers(model: nn.Module, x: torch.Tensor, target: Target = "predicted", *, layers: Sequence[Layer],
+                    labels: torch.Tensor | None = None, upsample: bool = True, relu: bool = True,
+                    score: str = "logit", all_classes: bool = False) -> dict[str, CamResult]:
+    """Grad-CAM of several layers from ONE forward and one backward pass: layer name → :class:`CamResult`
+    (in the order of ``layers``; a module object is keyed by its ``named_modules()`` name). Each entry equals
+    ``grad_cam(model, x, target, layer=name, ...)``; the other arguments are those of :func:`grad_cam`."""
+    if isinstance(layers, (str, nn.Module)) or not isinstance(layers, Sequence):
+        raise ValueError(f"layers must be a list of layer names (or modules), got {type(layers).__name__}; "
+                         "for one layer call grad_cam(model, x, target, layer=name)")
+    if not layers:
+        raise ValueError("layers is empty; pass at least one layer name")
+    return _grad_cams(model, x, target, list(layers), labels=labels, upsample=upsample, relu=relu, score=score,
+                      all_classes=all_classes)
+
+
+def _grad_cams(model: nn.Module, x: torch.Tensor, target: Target, requested: list[Layer], *,
+               labels: torch.Tensor | None, upsample: bool, relu: bool, score: str,
+               all_classes: bool) -> dict[str, CamResult]:
+    """Grad-CAM of every requested layer from one forward pass (hooks capture the activations, removed also
+    on error) and one backward pass (Eq. 1–2 per layer)."""
     check_inputs(x)
     check_choice(score, SCORES, "score")
-    single = layer is None or isinstance(layer, (str, nn.Module))
-    requested = [default_layer(model) if layer is None else layer] if single else list(layer)  # type: ignore[arg-type]
-    if not requested:
-        raise ValueError("layer is an empty list; pass a layer name or a list of names")
     layers = list(dict(find_layers(model, requested)).items())
     device = model_device(model)
     pre = None if all_classes else pre_resolve(model, x, target, labels, device)
@@ -140,17 +164,17 @@ def grad_cam(model: nn.Module, x: torch.Tensor, target: Target = "predicted",
             up = F.interpolate(grid, size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False)
             up = (up if all_classes else up.squeeze(1)).to(x.device)
         results[name] = CamResult(cam.to(x.device), up, name, None if t is None else t.to(x.device))
-    return next(iter(results.values())) if single else results
+    return results
 
 
-def guided_grad_cam(model: nn.Module, x: torch.Tensor, target: Target = "predicted",
+def guided_grad_cam(model: nn.Module, x: torch.Tensor, target: Target = "predicted", *,
                     layer: Layer | None = None, labels: torch.Tensor | None = None,
                     score: str = "logit") -> torch.Tensor:
     """Guided Grad-CAM (Selvaraju et al. 2017 §3): guided backpropagation × the upsampled Grad-CAM map,
     shape (N, C, H, W). Both use the same target classes."""
     if layer is not None and not isinstance(layer, (str, nn.Module)):
-        raise ValueError("guided_grad_cam takes one layer; call it once per layer")
+        raise ValueError("guided_grad_cam takes one layer (a name or a module); call it once per layer")
     cam = grad_cam(model, x, target, layer=layer, labels=labels, score=score)
-    assert isinstance(cam, CamResult) and cam.upsampled is not None
+    assert cam.upsampled is not None
     guided = guided_backprop(model, x, cam.target, score=score)
     return guided * cam.upsampled.unsqueeze(1)

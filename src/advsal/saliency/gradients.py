@@ -58,9 +58,9 @@ class _GuidedReLUMode(ReLUReplacementMode):
         return _GuidedReLUFunction.apply(z, inplace)
 
 
-def input_gradients(model: torch.nn.Module, x: torch.Tensor, target: Target, labels: torch.Tensor | None,
-                    score: str, guided: bool = False, create_graph: bool = False,
-                    all_classes: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+def input_gradients(model: torch.nn.Module, x: torch.Tensor, target: Target, *,
+                    labels: torch.Tensor | None = None, score: str = "logit", guided: bool = False,
+                    create_graph: bool = False, all_classes: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One forward and one backward for the whole batch; returns (gradient on x's device, targets or None)."""
     check_inputs(x)
     check_choice(score, SCORES, "score")
@@ -93,7 +93,7 @@ def _reduce(grad: torch.Tensor, x: torch.Tensor, reduce: str | None) -> torch.Te
     return grad * (x.unsqueeze(1) if grad.dim() == 5 else x)
 
 
-def gradient(model: torch.nn.Module, x: torch.Tensor, target: Target = "predicted",
+def gradient(model: torch.nn.Module, x: torch.Tensor, target: Target = "predicted", *,
              labels: torch.Tensor | None = None, score: str = "logit", reduce: str | None = None,
              create_graph: bool = False, all_classes: bool = False) -> torch.Tensor:
     """Vanilla gradient saliency ∂S_c(x)/∂x (seed 001 Eq. 5; Simonyan et al. 2013 Eq. 2–3).
@@ -118,12 +118,12 @@ def gradient(model: torch.nn.Module, x: torch.Tensor, target: Target = "predicte
     ``create_graph``.
     """
     check_choice(reduce, REDUCTIONS, "reduce")
-    grad, _ = input_gradients(model, x, target, labels, score, create_graph=create_graph,
+    grad, _ = input_gradients(model, x, target, labels=labels, score=score, create_graph=create_graph,
                               all_classes=all_classes)
     return _reduce(grad, x, reduce)
 
 
-def guided_backprop(model: torch.nn.Module, x: torch.Tensor, target: Target = "predicted",
+def guided_backprop(model: torch.nn.Module, x: torch.Tensor, target: Target = "predicted", *,
                     labels: torch.Tensor | None = None, score: str = "logit", reduce: str | None = None,
                     all_classes: bool = False) -> torch.Tensor:
     """Guided backpropagation (Springenberg et al. 2014 §3.4, Fig. 1; seed 004 §3 "guided ReLU").
@@ -138,5 +138,6 @@ def guided_backprop(model: torch.nn.Module, x: torch.Tensor, target: Target = "p
     ``all_classes``).
     """
     check_choice(reduce, REDUCTIONS, "reduce")
-    grad, _ = input_gradients(model, x, target, labels, score, guided=True, all_classes=all_classes)
+    grad, _ = input_gradients(model, x, target, labels=labels, score=score, guided=True,
+                              all_classes=all_classes)
     return _reduce(grad, x, reduce)
