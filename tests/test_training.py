@@ -95,3 +95,15 @@ def test_augment_translates_and_flips_each_example():
     flipped = augment(x, flip=True, generator=torch.Generator().manual_seed(1))
     n_flipped = sum(torch.equal(f, x[0].flip(2)) for f in flipped)
     assert 16 < n_flipped < 48 and all(torch.equal(f, x[0]) or torch.equal(f, x[0].flip(2)) for f in flipped)
+
+
+def test_diverging_training_stops_with_an_error(mnist5k):
+    from advsal.training import TrainingError
+
+    train, _ = mnist5k
+    small = train.subset(range(64))
+    model = build_model("mnist-net", seed=0)
+    with pytest.raises(TrainingError, match="lower --lr"):
+        train_classifier(model, small, epochs=1, batch_size=32, lr=1e30, optimizer="sgd")
+    with pytest.raises(TrainingError, match="finite"):
+        train_classifier(model, small, epochs=1, lr=float("inf"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -12,10 +13,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import ImageSet
+from .errors import AdvsalError
 from .progress import Bar
 from .tensors import model_device, predict_logits
 
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
+
+
+class TrainingError(AdvsalError, ValueError):
+    """Training cannot run (bad settings) or diverged (a non-finite loss); the model is not usable."""
 
 
 @dataclass
@@ -120,8 +126,9 @@ def train_classifier(model: nn.Module, train: ImageSet, val: ImageSet | None = N
     turn on the random-translation / horizontal-flip augmentation (:func:`augment`). With ``early_stopping`` the
     validation loss (training loss without ``val``) is monitored. The model is left in eval mode.
     """
-    if epochs < 1 or batch_size < 1 or lr <= 0:
-        raise ValueError(f"epochs, batch_size and lr must be positive (got {epochs}, {batch_size}, {lr})")
+    if epochs < 1 or batch_size < 1 or not 0 < lr < math.inf:
+        raise TrainingError(f"epochs, batch_size and lr must be positive and finite (got {epochs}, {batch_size}, "
+                            f"{lr})")
     if shift < 0 or shift >= min(train.image_size):
         raise ValueError(f"shift must be between 0 and the image size - 1, got {shift}")
     if len(train) == 0:
@@ -156,6 +163,9 @@ def train_classifier(model: nn.Module, train: ImageSet, val: ImageSet | None = N
                 correct += int((logits.detach().argmax(1) == yb).sum())
                 seen += len(idx)
                 bar.update(info=f"epoch {epoch} loss {loss.item():.4f}")
+            if not math.isfinite(total_loss):
+                raise TrainingError(f"the training loss became {total_loss} in epoch {epoch} (lr {lr} is probably "
+                                    "too large for this model); lower --lr, nothing was saved")
             row = {"epoch": epoch, "loss": total_loss / len(train), "accuracy": correct / len(train)}
             if val is not None:
                 ev = evaluate(model, val)
