@@ -271,3 +271,46 @@ def test_imageset_validation():
         ImageSet(torch.zeros(2, 1, 2, 2), torch.tensor([0, 5]), ["a", "b"])
     with pytest.raises(DataError, match="float32"):
         ImageSet(torch.zeros(2, 1, 2, 2, dtype=torch.float64), torch.tensor([0, 1]), ["a", "b"])
+
+
+def test_corrupt_gzip_and_image_bomb_are_data_errors(tmp_path):
+    import zlib
+
+    from PIL import Image
+
+    from advsal.data import read_idx
+
+    bad = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    bad.write_bytes(b"\x1f\x8b\x08\x00" + b"\x00" * 6 + b"garbage-not-deflate")
+    with pytest.raises(DataError, match="corrupt or truncated gzip"):
+        read_idx(bad, 1)
+    root = tmp_path / "folder" / "a"
+    root.mkdir(parents=True)
+    ihdr = struct.pack(">IIBBBBB", 60000, 60000, 8, 0, 0, 0, 0)
+    chunk = struct.pack(">I", len(ihdr)) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    (root / "bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk)
+    assert Image.MAX_IMAGE_PIXELS and 60000 * 60000 > 2 * Image.MAX_IMAGE_PIXELS
+    with pytest.raises(DataError, match="bomb.png: unreadable image"):
+        load_dataset("imagefolder", root=tmp_path / "folder", size=8, channels=1)
+
+
+def test_image_folder_warns_about_what_it_skips(tmp_path):
+    from PIL import Image
+
+    from advsal.data import DataWarning
+
+    for split, classes in (("train", ["a", "b", "c"]), ("test", ["a", "b", "c", "extra"])):
+        for cls in classes:
+            folder = tmp_path / split / cls
+            folder.mkdir(parents=True)
+            if cls != "c":
+                for i in range(2):
+                    Image.new("L", (4, 4), 40 * i).save(folder / f"{i}.png")
+    (tmp_path / "train" / "a" / "notes.txt").write_text("x")
+    (tmp_path / "train" / "a" / "nested").mkdir()
+    with pytest.warns(DataWarning) as record:
+        train, test = load_dataset("imagefolder", root=tmp_path, size=4, channels=1)
+    messages = " | ".join(str(w.message) for w in record)
+    assert "skipped 2 entries" in messages and "1 class folder(s) hold no images: c" in messages
+    assert "ignoring 1 folder(s) that are not training classes: extra" in messages
+    assert len(train) == 4 and train.classes == ["a", "b", "c"]

@@ -15,6 +15,10 @@ class DataError(AdvsalError, ValueError):
     """Raised for missing, corrupt or inconsistent data; the message names the problem and the fix."""
 
 
+class DataWarning(UserWarning):
+    """Data was read, but some of it was skipped (non-image files, empty or extra class folders)."""
+
+
 @dataclass
 class ImageSet:
     """A labelled image set: ``x`` float32 NCHW in [0, 1], ``y`` int64 class indices, ``classes`` names."""

@@ -10,6 +10,8 @@ import gzip
 import io
 import pickle
 import struct
+import warnings
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .imageset import DataError, ImageSet, stratified_split
+from .imageset import DataError, DataWarning, ImageSet, stratified_split
 
 MNIST_CLASSES = [str(i) for i in range(10)]
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
@@ -71,7 +73,7 @@ def _open_maybe_gz(path: Path) -> bytes:
     if raw[:2] == b"\x1f\x8b":
         try:
             return gzip.decompress(raw)
-        except (OSError, EOFError) as exc:
+        except (OSError, EOFError, zlib.error) as exc:
             raise DataError(f"{path}: corrupt or truncated gzip file ({exc}); download it again") from exc
     return raw
 
@@ -198,23 +200,39 @@ def read_image_folder(root: Path, size: int, channels: int, name: str,
         classes = [p.name for p in class_dirs]
     if not classes:
         raise DataError(f"{root}: no class sub-folders; expected {root}/<class name>/<image files>")
+    extra = sorted(p.name for p in class_dirs if p.name not in classes)
+    if extra:
+        warnings.warn(f"{root}: ignoring {len(extra)} folder(s) that are not training classes: {', '.join(extra)}",
+                      DataWarning, stacklevel=2)
     xs, ys = [], []
+    skipped, empty = 0, []
     mode = "L" if channels == 1 else "RGB"
     for label, cls in enumerate(classes):
         folder = root / cls
         if not folder.is_dir():
             raise DataError(f"{root}: missing class folder {cls!r} (classes from the train folder: {classes})")
+        before = len(xs)
         for f in sorted(folder.iterdir()):
-            if f.suffix.lower() not in IMAGE_SUFFIXES:
+            if not f.is_file() or f.suffix.lower() not in IMAGE_SUFFIXES:
+                skipped += 1
                 continue
             try:
                 with Image.open(f) as im:
                     im = im.convert(mode).resize((size, size), Image.BILINEAR)
                     arr = np.asarray(im, dtype=np.uint8)
-            except (UnidentifiedImageError, OSError) as exc:
-                raise DataError(f"{f}: unreadable image ({exc}); remove or replace the file") from exc
+            except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+                raise DataError(f"{f}: unreadable image ({exc}); remove or replace the file") from None
             xs.append(arr[None] if channels == 1 else arr.transpose(2, 0, 1))
             ys.append(label)
+        if len(xs) == before:
+            empty.append(cls)
+    if skipped:
+        kinds = ", ".join(sorted(IMAGE_SUFFIXES))
+        warnings.warn(f"{root}: skipped {skipped} entries that are not image files ({kinds}) or are nested folders",
+                      DataWarning, stacklevel=2)
+    if empty and xs:
+        warnings.warn(f"{root}: {len(empty)} class folder(s) hold no images: {', '.join(empty)}", DataWarning,
+                      stacklevel=2)
     if not xs:
         raise DataError(f"{root}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in the class folders")
     return _to_imageset(np.stack(xs), np.asarray(ys), classes, name)
