@@ -102,3 +102,37 @@ def test_listings(advsal):
     assert r.returncode == 0 and "mnist5k" in r.stdout and "cifar10" in r.stdout
     r = advsal("models")
     assert r.returncode == 0 and "vgg-cifar" in r.stdout
+
+
+def test_bad_inputs_exit_2_with_one_line_and_write_nothing_outside(tmp_path, advsal):
+    model = tmp_path / "m"
+    assert advsal("train", "--dataset", "digits", "--model", "mnist-net", "--epochs", "1", "--out", str(model),
+                  "-q").returncode == 0
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "adir").mkdir()
+    common = ["--model", str(model), "--dataset", "digits"]
+    cases = [
+        (["attack", *common, "--attack", "fgsm", "--eps", "0.1", "--n", "0", "--out", "a.npz"], "--n must be ≥ 1"),
+        (["attack", *common, "--attack", "fgsm", "--eps", "0.1", "--out", str(tmp_path / "adir")], "is a folder"),
+        (["attack", *common, "--attack", "fgsm", "--eps", "0.1", "--out", str(tmp_path / "afile" / "x.npz")],
+         "is a file, not a folder"),
+        (["saliency", *common, "--n", "-1", "--out", "maps"], "--n must be ≥ 1"),
+        (["saliency", *common, "--out", str(tmp_path / "afile")], "is a file"),
+        (["train", "--dataset", "digits", "--lr", "inf", "--epochs", "1", "--out", "m2"], "finite"),
+        (["run", "detection", "--name", "..", "--runs", str(tmp_path / "runs")], "invalid run name"),
+        (["run", "detection", "--name", "../x", "--runs", str(tmp_path / "runs")], "invalid run name"),
+        (["run", "detection", "--preset", "nope"], "no preset 'nope'"),
+        (["run", "detection", "--device", "tpu"], "device must be"),
+        (["report", str(tmp_path / "adir")], "results.json not found"),
+    ]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for args, message in cases:
+        r = advsal(*args, cwd=tmp_path)
+        assert r.returncode == 2, (args, r.stdout, r.stderr)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("advsal: error:") and message in lines[0], (args, r.stderr)
+        assert "Traceback" not in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    (tmp_path / "adir" / "results.json").write_text("[1, 2]")
+    r = advsal("report", str(tmp_path / "adir"))
+    assert r.returncode == 2 and "not the results of an advsal study" in r.stderr

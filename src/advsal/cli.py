@@ -112,11 +112,13 @@ def evaluate(
     root: RootOpt = None,
     plot: Annotated[Path | None, typer.Option(help="Write the confusion matrix as a PNG here.")] = None,
     seed: Seed = 0,
+    quiet: Quiet = False,
 ) -> None:
     """Accuracy, per-class accuracy and confusion matrix of a saved model on a dataset's test split."""
     from .models import load_model
     from .training import evaluate as evaluate_model
 
+    set_quiet(quiet)
     net = load_model(model)
     _, test_set = _load(dataset, root, seed)
     ev = evaluate_model(net, test_set)
@@ -144,6 +146,20 @@ def _parse_params(params: list[str]) -> dict:
         key, value = item.split("=", 1)
         out[key.strip().replace("-", "_")] = yaml.safe_load(value)
     return out
+
+
+def _check_count(n: int | None, option: str = "--n") -> None:
+    if n is not None and n < 1:
+        raise CLIError(f"{option} must be ≥ 1 (or left out for all images), got {n}")
+
+
+def _check_out_file(out: Path) -> None:
+    """``out`` can be written as a file: not an existing folder, not under a file."""
+    if out.is_dir():
+        raise CLIError(f"--out {out} is a folder; give a file name inside it, e.g. {out / 'adv.safetensors'}")
+    parent = next((p for p in out.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise CLIError(f"--out {out}: {parent} is a file, not a folder")
 
 
 def _test_images(dataset: str, root: Path | None, seed: int, n: int | None):
@@ -178,6 +194,8 @@ def attack(
     from .models import load_model
 
     set_quiet(quiet)
+    _check_count(n)
+    _check_out_file(out)
     if out.suffix not in (".safetensors", ".npz"):
         raise CLIError(f"--out must end in .safetensors or .npz, got {out.name}")
     net = load_model(model)
@@ -208,19 +226,16 @@ def _save_arrays(path: Path, tensors: dict, meta: dict) -> None:
     import json
 
     import numpy as np
-    from safetensors.torch import save
 
-    from .store import atomic_write_bytes
+    from .store import atomic_write_bytes, save_tensors
 
     if path.suffix == ".safetensors":
-        data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
-                    metadata={"advsal": json.dumps(meta)})
-    else:
-        buf = io.BytesIO()
-        np.savez_compressed(buf, **{k: v.detach().cpu().numpy() for k, v in tensors.items()},
-                            metadata=np.array(json.dumps(meta)))
-        data = buf.getvalue()
-    atomic_write_bytes(path, data)
+        save_tensors(path, tensors, meta)
+        return
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **{k: v.detach().cpu().numpy() for k, v in tensors.items()},
+                        metadata=np.array(json.dumps(meta)))
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def _load_arrays(path: Path) -> dict:
@@ -269,14 +284,19 @@ def saliency(
                                                   "and adversarial images side by side.")] = None,
     n: Annotated[int, typer.Option(help="Number of images.")] = 8,
     seed: Seed = 0,
+    quiet: Quiet = False,
 ) -> None:
     """Saliency maps of a saved model for test images (and their adversarial versions), as tensors and a PNG."""
     import torch
 
     from .models import load_model
     from .report.figures import saliency_grid
-    from .store import atomic_write_bytes
+    from .store import save_tensors
 
+    set_quiet(quiet)
+    _check_count(n)
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out {out} is a file; give a folder for maps.safetensors and grid.png")
     display = _saliency_method(method).display
     net = load_model(model)
     if adv is not None:
@@ -296,9 +316,7 @@ def saliency(
     if x_adv is not None:
         maps["adversarial"] = display(net, x_adv, tgt, layer=layer, seed=seed)
     out.mkdir(parents=True, exist_ok=True)
-    from safetensors.torch import save
-
-    atomic_write_bytes(out / "maps.safetensors", save({k: v.contiguous() for k, v in maps.items()}))
+    save_tensors(out / "maps.safetensors", maps)
     with torch.no_grad():
         pred = net(x).argmax(1)
     titles = [f"y={int(a)} pred={int(b)}" for a, b in zip(y, pred, strict=True)]
@@ -356,7 +374,8 @@ def _log_line(text: str) -> None:
 
 
 @app.command()
-def report(run_dir: Annotated[Path, typer.Argument(help="A run directory with results.json.")]) -> None:
+def report(run_dir: Annotated[Path, typer.Argument(help="A run directory with results.json.")],
+           quiet: Quiet = False) -> None:
     """Re-render a run's report.md / report.html from its stored results."""
     from .studies import render_run
 
