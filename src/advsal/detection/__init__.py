@@ -5,6 +5,15 @@ and detection metrics (ROC, AUROC, TPR at a clean false-positive rate, seed 001 
 Adaptive (second-round) attacks on classifier + detector live in :mod:`advsal.attacks.adaptive`.
 """
 
+from .baselines import (
+    FeatureSqueezingDetector,
+    KDBUDetector,
+    LIDDetector,
+    MahalanobisDetector,
+    lid_mle,
+    median_smooth,
+    reduce_bit_depth,
+)
 from .detectors import (
     INPUTS,
     Detector,
@@ -28,3 +37,5 @@ from .metrics import (
 __all__ = ["INPUTS", "DetectionRates", "Detector", "DetectorHistory", "FeatureDetector", "NPlusOneDetector",
            "SaliencyDetector", "auroc", "detection_rates", "metzen_detector_net", "pooled", "roc_curve",
            "split_by_label", "threshold_at_fpr", "tpr_at_fpr"]
+__all__ += ["FeatureSqueezingDetector", "KDBUDetector", "LIDDetector", "MahalanobisDetector", "lid_mle",
+            "median_smooth", "reduce_bit_depth"]

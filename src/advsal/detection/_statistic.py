@@ -11,6 +11,7 @@ that ``adversarial_logit`` stays differentiable w.r.t. the input.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -93,7 +94,7 @@ class StatisticDetector:
 
     Subclasses define ``_fit_statistics(x_clean, x_adv, y_clean, batch_size)`` (learn their own state, return
     the clean and adversarial training statistics) and ``statistics(x)`` (differentiable where they can be).
-    The logistic regression is scikit-learn's ``LogisticRegressionCV`` (5-fold, balanced classes), as in the
+    The logistic regression is scikit-learn's ``LogisticRegressionCV`` (5-fold, log-loss, balanced classes), as in the
     three papers' code, on features standardised with the training statistics' mean and std; its weights are
     then evaluated in torch (float64). The classifier is referenced, never modified; it runs in eval mode with
     its flags restored. Fitted state carries a trailing underscore.
@@ -161,10 +162,13 @@ class StatisticDetector:
         z = (s - mean) / std
         folds = int(min(5, len(s_clean), len(s_adv)))
         if folds >= 2:
-            lr = LogisticRegressionCV(cv=folds, max_iter=1000, class_weight="balanced", random_state=seed)
+            lr = LogisticRegressionCV(cv=folds, scoring="neg_log_loss", max_iter=1000, class_weight="balanced",
+                                      random_state=seed)
         else:
             lr = LogisticRegression(max_iter=1000, class_weight="balanced", random_state=seed)
-        lr.fit(z, y)
+        with warnings.catch_warnings():  # scikit-learn ≥ 1.8 announces changes of LogisticRegressionCV defaults
+            warnings.simplefilter("ignore", FutureWarning)
+            lr.fit(z, y)
         self.scaler_mean_ = _tensor(mean)
         self.scaler_scale_ = _tensor(std)
         self.intercept_ = _tensor(lr.intercept_).reshape(())
