@@ -1,10 +1,11 @@
 """The explanation study (seed 003): coefficient conventions, threshold grid, top-k masks and the paired
-comparison on hand-made data, the preset, and a tiny end-to-end run (report, cache reuse, re-rendering)."""
+comparison on hand-made data, the preset, config validation, and a tiny end-to-end run (report, a fully cached
+re-run, and which stages each config field recomputes)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import math
 import sys
 
 import numpy as np
@@ -12,9 +13,11 @@ import pytest
 import torch
 
 from advsal.cli import main
+from advsal.errors import ConfigError
 from advsal.explanation import total_variation
-from advsal.studies import explanation, render_run
-from advsal.studies.common import merge_config
+from advsal.studies import explanation, render_run, study_config
+from advsal.studies.engine import DataConfig, load_data
+from advsal.studies.explanation import analysis
 
 # ----------------------------------------------------------------------------------------------------
 # Helpers on hand-made data
@@ -76,17 +79,45 @@ def test_paper_verdicts_read_seed_003_table_1():
     assert len(explanation.PAPER_TABLE1) == 11
 
 
-def test_default_preset_equals_config_and_bad_options_are_named():
-    assert explanation.load_config(explanation.CONFIGS_DIR / "explanation-mnist5k.yaml") == explanation.Config()
+# ----------------------------------------------------------------------------------------------------
+# Config
+
+
+def test_default_preset_equals_config():
+    assert study_config("explanation", preset="mnist5k") == explanation.Config()
     cfg = explanation.Config()
     assert cfg.data.name == "cluttered-mnist" and cfg.classifier.architecture == "finding-net"
     assert cfg.regularized.settings == [[0.01, 0.2], [6.0, 120.0], [40.0, 120.0]]  # Table 1 "ours"
-    for bad, match in (({"regularized": {"losses": ["logit"]}}, "regularized.losses"),
-                       ({"meaningful": {"deletions": ["zero"]}}, "meaningful.deletions"),
-                       ({"meaningful": {"settings": [[0.01, 0.2]]}}, "l1_coeff, tv_coeff, tv_beta"),
-                       ({"n_images": 0}, "n_images"), ({"connectivity": 6}, "connectivity")):
-        with pytest.raises(ValueError, match=match):
-            explanation.validate_config(merge_config(explanation.Config(), bad))
+    assert cfg.meaningful.settings == [[0.01, 0.2, 1.0], [0.01, 0.2, 3.0], [6.0, 120.0, 1.0], [40.0, 120.0, 1.0]]
+
+
+@pytest.mark.parametrize("bad, field", [
+    ({"n_images": "many"}, "n_images"),  # wrong type
+    ({"regularized": {"steps": 2.5}}, "regularized.steps"),
+    ({"positive_class": [1]}, "positive_class"),
+    ({"n_images": 0}, "n_images"),  # out of range
+    ({"connectivity": 6}, "connectivity"),
+    ({"alpha": 1.5}, "alpha"),
+    ({"regularized": {"losses": ["logit"]}}, "regularized.losses"),
+    ({"meaningful": {"deletions": ["zero"]}}, "meaningful.deletions"),
+    ({"meaningful": {"settings": [[0.01, 0.2]]}}, "meaningful.settings"),
+    ({"device": "gpu"}, "device"),
+])
+def test_bad_config_values_name_the_field(bad, field):
+    with pytest.raises(ConfigError, match=rf"\.{field}\b"):
+        study_config("explanation", overrides=bad)
+
+
+def test_config_is_checked_before_any_stage_runs(tmp_path, tiny_data):
+    bad_type = dataclasses.replace(explanation.Config(), n_images="many")
+    out_of_range = dataclasses.replace(explanation.Config(), regularized=explanation.RegularizedConfig(steps=-1))
+    for cfg, field in ((bad_type, "n_images"), (out_of_range, "regularized.steps")):
+        with pytest.raises(ConfigError, match=field):
+            explanation.run(cfg, tmp_path / "bad", data=tiny_data)
+    with pytest.raises(ConfigError, match="positive_class"):  # needs the data's classes, still before any stage
+        explanation.run(study_config("explanation", overrides={"positive_class": "tumour"}), tmp_path / "bad",
+                        data=tiny_data)
+    assert not (tmp_path / "bad").exists()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -94,23 +125,48 @@ def test_default_preset_equals_config_and_bad_options_are_named():
 
 TINY = {
     "name": "tiny",
-    "data": {"options": {"n_train": 600, "n_test": 80}},
-    "classifier": {"epochs": 2},
-    "n_images": 5,
-    "regularized": {"settings": [[0.01, 0.2], [6.0, 120.0]], "steps": 15, "phase2_steps": 8},
-    "meaningful": {"settings": [[0.01, 0.2, 3.0]], "steps": 15, "thresholds": 10, "fine_thresholds": 3},
+    "data": {"options": {"n_train": 300, "n_test": 60}},
+    "classifier": {"epochs": 1},
+    "n_images": 4,
+    "regularized": {"settings": [[0.01, 0.2], [6.0, 120.0]], "steps": 10, "phase2_steps": 5},
+    "meaningful": {"settings": [[0.01, 0.2, 3.0]], "steps": 10, "thresholds": 10, "fine_thresholds": 3},
     "figure_images": 2,
 }
+OURS = ["regularized-prob-a0.01-b0.2", "regularized-prob-a6-b120", "regularized-logc-a0.01-b0.2",
+        "regularized-logc-a6-b120"]
+MP = ["mp-min-l0.01-t0.2-g3", "mp-blur-l0.01-t0.2-g3"]
+SCANS = ["scan-min-l0.01-t0.2-g3", "scan-blur-l0.01-t0.2-g3"]
+CONTRAST = ["contrast-prob-a0.01-b0.2", "contrast-prob-a6-b120", "contrast-logc-a0.01-b0.2",
+            "contrast-logc-a6-b120"]
+NUMBERS = ("selection", "table1", "contrast", "comparisons", "contrast_comparisons", "per_image", "threshold_scans")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors gain nothing from intra-op threads; on a shared 2-core machine they only spin."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
+def tiny_data():
+    return load_data(DataConfig(name="cluttered-mnist", options=TINY["data"]["options"]))
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, tiny_data):
     run_dir = tmp_path_factory.mktemp("explanation") / "tiny"
-    return run_dir, explanation.run(merge_config(explanation.Config(), TINY), run_dir)
+    results = explanation.run(study_config("explanation", overrides=TINY), run_dir, data=tiny_data)
+    return run_dir, results
 
 
 def test_tiny_run_writes_table_1_report_and_figures(tiny_run):
     run_dir, results = tiny_run
+    assert [t["stage"] for t in results["timings"]] == ["classifier", "select", *OURS, *MP, *SCANS, "saliency",
+                                                          *CONTRAST]
+    assert not any(t["cached"] for t in results["timings"])
     md = (run_dir / "report.md").read_text()
     for heading in ("Table 1 on cluttered-mnist", "Seed 003 Table 1 (DDSM), for reference",
                     "Regularized vs meaningful perturbation, setting by setting", "What the numbers say",
@@ -128,9 +184,9 @@ def test_tiny_run_writes_table_1_report_and_figures(tiny_run):
     ids = [r["id"] for r in stored["table1"]]
     assert ids == ["mp-min-l0.01-t0.2-g3", "mp-blur-l0.01-t0.2-g3", "ours-prob-a0.01-b0.2", "ours-prob-a6-b120",
                    "ours-logc-a0.01-b0.2", "ours-logc-a6-b120"]  # seed 003 Table 1's order: MP rows, then ours
-    assert stored["selection"]["n_explained"] == 5
+    assert stored["selection"]["n_explained"] == 4
     for row in stored["table1"]:
-        assert row["n"] == 5 and 0 <= row["l0"] <= 1 and 0 <= row["classification"] <= 1
+        assert row["n"] == 4 and 0 <= row["l0"] <= 1 and 0 <= row["classification"] <= 1
         assert row["ape"] == pytest.approx(row["l0"] + row["tv"] + row["classification"])
         assert row["cc_hit_rate"] is None or 0 <= row["cc_hit_rate"] <= 1
         assert f"| {row['method']} |" in md
@@ -152,21 +208,43 @@ def test_tiny_run_writes_table_1_report_and_figures(tiny_run):
         assert c["area"] == pytest.approx(by_id[c["area_of"]]["area"])
 
 
-def test_rerun_is_served_from_cache_and_report_rerenders(tiny_run, monkeypatch):
-    run_dir, results = tiny_run
+def test_rerun_is_fully_cached_with_identical_numbers_and_report_rerenders(tiny_run, tiny_data, monkeypatch):
+    run_dir, _ = tiny_run
     first = json.loads((run_dir / "results.json").read_text())
-    again = explanation.run(merge_config(explanation.Config(), TINY), run_dir)
-    assert all(t["cached"] for t in again["timings"]) and len(again["timings"]) == len(first["timings"])
+    again = explanation.run(study_config("explanation", overrides=TINY), run_dir, data=tiny_data)
+    assert [t["stage"] for t in again["timings"]] == [t["stage"] for t in first["timings"]]
+    assert all(t["cached"] for t in again["timings"])
     stored = json.loads((run_dir / "results.json").read_text())
-    assert stored["table1"] == first["table1"] and stored["comparisons"] == first["comparisons"]
+    for key in NUMBERS:
+        assert stored[key] == first[key], key
 
     (run_dir / "report.md").unlink()
     md, page = render_run(run_dir)
     assert md.is_file() and page.is_file() and "## Table 1 on cluttered-mnist" in md.read_text()
-
     (run_dir / "report.html").unlink()
     monkeypatch.setattr(sys, "argv", ["advsal", "report", str(run_dir)])
     with pytest.raises(SystemExit) as exc:
         main()
     assert exc.value.code == 0 and (run_dir / "report.html").is_file()
-    assert not math.isnan(first["total_seconds"])
+
+
+@pytest.mark.parametrize("change, recomputed", [
+    ({"seed": 1}, {"select", *OURS, *MP, *SCANS, "saliency", *CONTRAST}),  # early: which images are explained
+    ({"meaningful": {"steps": 12}}, {*MP, *SCANS}),  # middle: the MP masks and their threshold scans
+    ({"meaningful": {"thresholds": 8}}, {*SCANS}),
+    ({"regularized": {"phase2_steps": 6}}, {*OURS, *CONTRAST}),  # phase 2 is also the contrast's
+    ({"cam_layer": "features.3"}, {"saliency", *CONTRAST}),
+    ({"alpha": 0.1, "connectivity": 4, "figure_images": 1}, set()),  # analysis and report only
+])
+def test_changing_a_field_recomputes_exactly_the_stages_downstream(tiny_run, tiny_data, monkeypatch, change,
+                                                                   recomputed):
+    run_dir, first = tiny_run
+    monkeypatch.setattr(analysis, "render", lambda run_dir, results: None)  # the report is not under test here
+    results = explanation.run(study_config("explanation", overrides={**TINY, **_merge(TINY, change)}), run_dir,
+                              data=tiny_data)
+    assert {t["stage"] for t in results["timings"] if not t["cached"]} == recomputed
+    assert {t["stage"] for t in results["timings"]} == {t["stage"] for t in first["timings"]}
+
+
+def _merge(base: dict, change: dict) -> dict:
+    return {k: {**base.get(k, {}), **v} if isinstance(v, dict) else v for k, v in change.items()}

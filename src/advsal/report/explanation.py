@@ -136,8 +136,9 @@ def render_explanation_report(run_dir: Path, results: dict[str, Any]) -> tuple[P
     rep.paragraph(
         f"Reproduces seed 003 (Shoshan & Ratner, \"Regularized adversarial examples for model interpretability\") "
         f"on {cfg['data']['name']}: {results['data']['train']}; {results['data']['test']}. The classifier "
-        f"{clf['architecture']} is trained {clf['epochs_run']} epochs on image labels only (test accuracy "
-        f"{clf['test']['accuracy']:.4f}); it never sees a mask. {sel['n_explained']} of the "
+        f"{clf['architecture']} "
+        + ("is the user's model" if clf.get("given") else f"is trained {clf['epochs_run']} epochs on image labels only")
+        + f" (test accuracy {clf['test']['accuracy']:.4f}); it never sees a mask. {sel['n_explained']} of the "
         f"{sel['n_candidates']} test images labelled and classified '{sel['positive_class']}' are explained "
         f"(mean probability {sel['mean_probability']:.4f}; the ground-truth object covers "
         f"{100 * sel['mean_object_area']:.2f}% of the pixels on average). Every method explains the same images "

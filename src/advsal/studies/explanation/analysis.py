@@ -1,0 +1,207 @@
+"""Stored stage payloads → the study's results: Table 1 rows (APE_D terms and localisation per method and
+setting), the contrast rows, the paired comparisons and their verdicts beside seed 003's, and the figure
+examples. Plain data; the statistics come from :mod:`advsal.studies.stats`."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ...explanation import localization_scores
+from ...store import Stage
+from ..stats import finite_pairs, nanmean, paired_test
+from .config import Config
+from .protocol import PAPER_TABLE1, meaningful_rows, regularized_rows
+from .steps import Explained
+
+CONTRAST_MAPS = (("gradient", "gradient"), ("gradcam", "Grad-CAM"))
+
+
+def tabulate(cfg: Config, chosen: Explained, ours: dict[str, Stage], scans: dict[str, Stage],
+             masks: dict[str, Stage], maps: Stage | None, contrast: dict[str, Stage]) -> dict[str, Any]:
+    """The results of the study (everything but the header and timings the engine adds)."""
+    gt, conn = chosen.gt, cfg.connectivity
+    per_image: dict[str, dict[str, np.ndarray]] = {}
+    table: list[dict[str, Any]] = []
+    for row in meaningful_rows(cfg):
+        scan, mp = scans[row["id"]], masks[row["id"]]
+        per_image[row["id"]] = per_image_scores(scan, scan["mask"], scan["saliency"], gt, conn)
+        table.append({**row, **summarize(per_image[row["id"]]), "seconds": float(mp["seconds"] + scan["seconds"]),
+                      "threshold": float(scan["threshold"]), "library_tv_coeff": float(mp["library_tv_coeff"])})
+    for row in regularized_rows(cfg):  # Table 1 order: the MP rows, then ours
+        pay = ours[row["id"]]
+        per_image[row["id"]] = per_image_scores(pay, pay["mask"], pay["saliency"], gt, conn)
+        phase1 = summarize(per_image_scores(pay, pay["mask"], pay["saliency"], gt, conn, "phase1_"))
+        table.append({**row, **summarize(per_image[row["id"]]), "seconds": float(pay["seconds"]), "phase1": phase1})
+
+    contrast_rows: list[dict[str, Any]] = []
+    for row in (r for r in regularized_rows(cfg) if r["id"] in contrast):
+        pay = contrast[row["id"]]
+        for name, label in CONTRAST_MAPS:
+            sub = {k.split("/", 1)[1]: v for k, v in pay.payload.items() if k.startswith(f"{name}/")}
+            crow = {"id": f"{name}@{row['id']}", "family": "contrast", "method": f"{label} top-k",
+                    "area_of": row["id"], "loss": row["loss"], "l0_coeff": row["l0_coeff"],
+                    "tv_coeff": row["tv_coeff"], "tv_gamma": None}
+            per_image[crow["id"]] = per_image_scores(sub, sub["mask"], maps[name], gt, conn)
+            contrast_rows.append({**crow, **summarize(per_image[crow["id"]]), "seconds": float(pay["seconds"]) / 2})
+
+    probability = chosen.stage["probability"]
+    return {
+        "selection": {"positive_class": chosen.class_name, "n_explained": len(chosen.x),
+                      "n_requested": cfg.n_images, "n_candidates": chosen.stage["n_candidates"],
+                      "mean_probability": float(probability.mean()),
+                      "mean_object_area": float(gt.flatten(1).float().mean()),
+                      "mean_object_components": float(localization_scores(gt, gt).components.float().mean())},
+        "threshold_scans": {rid: {"grid": s["grid"].tolist(), "mean_ape": s["mean_ape"].tolist()}
+                            for rid, s in scans.items()},
+        "table1": table,
+        "contrast": contrast_rows,
+        "paper_table1": PAPER_TABLE1,
+        "per_image": {rid: {k: v.tolist() for k, v in vals.items() if k in ("ape", "cc_hit_rate", "classification",
+                                                                             "area")}
+                      for rid, vals in per_image.items()},
+        "comparisons": compare_rows(table, per_image, cfg.alpha),
+        "contrast_comparisons": compare_contrast(contrast_rows, per_image, cfg.alpha),
+        "figure_rows": [r["id"] for r in table] + [r["id"] for r in contrast_rows],
+    }
+
+
+def figure_maps(cfg: Config, chosen: Explained, ours: dict[str, Stage], scans: dict[str, Stage],
+                maps: Stage | None, contrast: dict[str, Stage]) -> dict[str, torch.Tensor]:
+    """The first ``figure_images`` examples' images, masks, perturbed images and maps, for the report."""
+    k = min(cfg.figure_images, len(chosen.x))
+    out = {"x": chosen.x[:k], "gt": chosen.gt[:k]}
+    for rid, pay in {**scans, **ours}.items():
+        out[f"{rid}/mask"], out[f"{rid}/x_hat"] = pay["mask"][:k], pay["x_hat"][:k]
+    if maps is not None:
+        out["gradient"], out["gradcam"] = maps["gradient"][:k], maps["gradcam"][:k]
+    for rid, pay in contrast.items():
+        for name, _ in CONTRAST_MAPS:
+            out[f"{name}@{rid}/mask"] = pay[f"{name}/mask"][:k]
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ per row
+def per_image_scores(payload: Any, mask: torch.Tensor, saliency: torch.Tensor, gt: torch.Tensor,
+                     connectivity: int, prefix: str = "") -> dict[str, np.ndarray]:
+    """APE_D terms (stored by the stage) and localisation scores of one row, per image."""
+    loc = localization_scores(mask, gt, saliency, connectivity)
+    out = {k: payload[f"{prefix}{k}"].double().numpy() for k in ("l0", "tv", "classification", "ape")}
+    out.update(cc_hit_rate=loc.cc_hit_rate.double().numpy(), pointing=loc.pointing.double().numpy(),
+               area=loc.area.double().numpy(), components=loc.components.double().numpy())
+    return out
+
+
+def summarize(per_image: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Table 1 columns (set means) and the localisation companions of one row; the CC hit rate as the mean
+    over images with a non-empty mask and pooled over all components."""
+    comps, cc = per_image["components"], per_image["cc_hit_rate"]
+    defined = np.isfinite(cc)
+    pooled = float((cc[defined] * comps[defined]).sum() / comps[defined].sum()) if comps[defined].sum() else math.nan
+    return {"n": len(cc), "l0": float(per_image["l0"].mean()), "tv": float(per_image["tv"].mean()),
+            "classification": float(per_image["classification"].mean()), "ape": float(per_image["ape"].mean()),
+            "cc_hit_rate": nanmean(cc), "cc_hit_pooled": pooled, "pointing": nanmean(per_image["pointing"]),
+            "area": float(per_image["area"].mean()), "components": float(comps.mean()),
+            "empty_masks": int((~defined).sum())}
+
+
+# ------------------------------------------------------------------------------------------------ comparisons
+def paired_comparison(a: np.ndarray, b: np.ndarray, lower_is_better: bool, alpha: float) -> dict[str, Any]:
+    """Row a vs row b on the same images (``stats.paired_test``, Wilcoxon signed-rank two-sided, over the images
+    where both are defined): means of both, mean difference a − b, p and the verdict for a: better / worse
+    (p < alpha, in the direction of the mean difference), no significant difference, or not testable."""
+    fa, fb = finite_pairs(a, b)
+    test = paired_test(fa, fb)
+    out: dict[str, Any] = {"n": test["n"], "a": nanmean(fa), "b": nanmean(fb), "diff": test["estimate"],
+                           "p": test["p"], "verdict": "not testable"}
+    if not test["n"]:
+        return out
+    sign = -1.0 if lower_is_better else 1.0
+    if out["p"] < alpha and sign * out["diff"] > 0:
+        out["verdict"] = "better"
+    elif out["p"] < alpha and sign * out["diff"] < 0:
+        out["verdict"] = "worse"
+    else:
+        out["verdict"] = "no significant difference"
+    return out
+
+
+def compare_rows(rows: list[dict[str, Any]], per_image: dict[str, dict[str, np.ndarray]],
+                 alpha: float) -> list[dict[str, Any]]:
+    """Every regularized row against the MP rows with the same (L0, TV) coefficients (the rows seed 003
+    Table 1 sets side by side), paired over images."""
+    out = []
+    for ours in (r for r in rows if r["family"] == "ours"):
+        for mp in (r for r in rows if r["family"] == "mp"):
+            if not (math.isclose(ours["l0_coeff"], mp["l0_coeff"]) and math.isclose(ours["tv_coeff"], mp["tv_coeff"])):
+                continue
+            a, b = per_image[ours["id"]], per_image[mp["id"]]
+            out.append({"ours": ours["id"], "mp": mp["id"], "ours_method": ours["method"], "mp_method": mp["method"],
+                        "l0_coeff": ours["l0_coeff"], "tv_coeff": ours["tv_coeff"], "tv_gamma": mp["tv_gamma"],
+                        "ape": paired_comparison(a["ape"], b["ape"], True, alpha),
+                        "cc_hit_rate": paired_comparison(a["cc_hit_rate"], b["cc_hit_rate"], False, alpha),
+                        "paper": paper_verdicts(ours, mp)})
+    return out
+
+
+def compare_contrast(contrast: list[dict[str, Any]], per_image: dict[str, dict[str, np.ndarray]],
+                     alpha: float) -> list[dict[str, Any]]:
+    """Every regularized row against the gradient / Grad-CAM masks of the same area (same phase 2)."""
+    out = []
+    for c in contrast:
+        a, b = per_image[c["area_of"]], per_image[c["id"]]
+        out.append({"ours": c["area_of"], "contrast": c["id"], "contrast_method": c["method"],
+                    "ape": paired_comparison(a["ape"], b["ape"], True, alpha),
+                    "cc_hit_rate": paired_comparison(a["cc_hit_rate"], b["cc_hit_rate"], False, alpha)})
+    return out
+
+
+def paper_verdicts(ours: dict[str, Any], mp: dict[str, Any]) -> dict[str, Any] | None:
+    """Seed 003 Table 1's own comparison of an "ours" row with an MP row of the same coefficients (None when
+    the paper has no such pair)."""
+    def find(method: str, row: dict[str, Any]) -> dict[str, Any] | None:
+        for p in PAPER_TABLE1:
+            if p["method"] == method and math.isclose(p["l0_coeff"], row["l0_coeff"]) \
+                    and math.isclose(p["tv_coeff"], row["tv_coeff"]) \
+                    and (method == "ours" or math.isclose(p["tv_gamma"], row["tv_gamma"])):
+                return p
+        return None
+
+    p_ours, p_mp = find("ours", ours), find(mp["method"], mp)
+    if p_ours is None or p_mp is None:
+        return None
+    return {"ape": "better" if p_ours["ape"] < p_mp["ape"] else "worse",
+            "cc_hit_rate": "better" if p_ours["cc_hit_rate"] > p_mp["cc_hit_rate"] else "worse",
+            "ours_ape": p_ours["ape"], "mp_ape": p_mp["ape"], "ours_cc": p_ours["cc_hit_rate"],
+            "mp_cc": p_mp["cc_hit_rate"]}
+
+
+# ------------------------------------------------------------------------------------------------ presentation
+def render(run_dir: str | Path, results: dict[str, Any]) -> tuple[Path, Path]:
+    from ...report.explanation import render_explanation_report
+
+    return render_explanation_report(Path(run_dir), results)
+
+
+def summary(results: dict[str, Any]) -> list[str]:
+    """The CLI's closing lines: accuracy, Table 1 rows and the count of verdicts."""
+    from ...report.explanation import pct_text, setting_label
+
+    sel = results["selection"]
+    lines = [f"classifier test accuracy {results['classifier']['test']['accuracy']:.4f}; explained "
+             f"{sel['n_explained']} positive test images"]
+    for r in results["table1"]:
+        lines.append(f"{r['method']:<24} {setting_label(r):<22} APE_D {r['ape']:.4f}  CC hit "
+                     f"{pct_text(r['cc_hit_rate'])}  area {r['area']:.4f}")
+    counts: dict[str, int] = {}
+    for c in results["comparisons"]:
+        for metric in ("ape", "cc_hit_rate"):
+            counts[f"{metric}:{c[metric]['verdict']}"] = counts.get(f"{metric}:{c[metric]['verdict']}", 0) + 1
+    if counts:
+        lines.append("regularized vs MP (matched settings): "
+                     + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    return lines
