@@ -50,11 +50,13 @@ from .steps import (
 def run(cfg: Config, run_dir: str | Path, *, model: nn.Module | None = None,
         data: tuple[ImageSet, ImageSet] | None = None, log: Log = None) -> dict[str, Any]:
     """Run (or resume) the explanation study in ``run_dir``; writes results.json and the report."""
-    check(cfg, "explanation")
+    check(cfg, "explanation")  # the whole config, and below the explained class, before any stage
     train, test = data if data is not None else load_data(cfg.data)
     positive = explained_class(test, cfg.positive_class)
-    ctx = open_study("explanation", cfg, run_dir, model=model, data=(train, test), log=log)  # 1. F (stage "classifier")
-    with ctx.store:
+
+    # 1. F trained on image labels only, never on a mask (stage "classifier"), or the user's model as given
+    ctx = open_study("explanation", cfg, run_dir, model=model, data=(train, test), log=log)
+    with ctx.store:  # released also when a step fails
         # 2. the positive test images F classifies positive: every method explains the same images and class
         chosen = select_images(ctx, positive, cfg.n_images, cfg.seed)
 
