@@ -69,7 +69,7 @@ def _nanmean(a: np.ndarray) -> float:
 
 def _method_paragraphs(rep: Report, results: dict[str, Any]) -> None:
     cfg = results["config"]
-    m, att, me = cfg["model"], cfg["attacks"], cfg["min_eps"]
+    m, att, me = cfg["classifier"], cfg["attacks"], cfg["min_eps"]
     removal = cfg["removal"]
     removed = f"{removal:.0%} of" if isinstance(removal, float) else f"{removal} of the"
     training = f"optimiser {m['optimizer']} lr {m['lr']:g}"
@@ -91,8 +91,8 @@ def _method_paragraphs(rep: Report, results: dict[str, Any]) -> None:
         f"ε = {att['fgsm_eps']:g} and BIM (iterative FGSM) ε = {att['bim_eps']:g} with {att['bim_steps']} "
         "steps of 2.5·ε/steps — untargeted (seed 002 §3.5 'ascent'), targeted towards the depleted class d "
         "on the other classes' images and, on d's images, targeted away from d towards a seeded random other "
-        "class (§3.5 'descent'). Minimal ε per example: bisection over BIM's budget on "
-        f"[0, {me['eps_max']:g}] with {me['probes']} halvings (resolution "
+        "class (§3.5 'descent'). Minimal ε per example (advsal.attacks.minimal_epsilon_per_example): BIM at "
+        f"ε = {me['eps_max']:g}, then bisection of [0, {me['eps_max']:g}] with {me['probes']} halvings (resolution "
         f"{me['eps_max'] / 2 ** me['probes']:.4f}, BIM with {me['steps']} steps), on "
         f"{data['min_eps_per_class']} images per class; images never fooled count as {me['eps_max']:g}.")
 

@@ -1,0 +1,110 @@
+"""advsal.studies.stats against scipy.stats (or a hand computation where scipy has no equivalent)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+from scipy import stats as sp
+
+from advsal.studies import stats
+
+
+def test_nanmean_and_nanstd_agree_with_numpy_on_the_finite_entries():
+    a = np.array([1.0, np.nan, 4.0, 2.5, np.nan, -3.0])
+    assert stats.nanmean(a) == pytest.approx(np.nanmean(a))
+    assert stats.nanstd(a) == pytest.approx(np.nanstd(a, ddof=1))
+    assert stats.nanstd(a) == pytest.approx(sp.tstd(a[np.isfinite(a)]))
+    with_inf = np.array([1.0, np.inf, 3.0, -np.inf])  # infinities are left out too, by hand: mean of 1 and 3
+    assert stats.nanmean(with_inf) == 2.0 and stats.nanstd(with_inf) == pytest.approx(math.sqrt(2))
+    assert math.isnan(stats.nanmean(np.array([np.nan]))) and math.isnan(stats.nanmean(np.array([])))
+    assert math.isnan(stats.nanstd(np.array([5.0, np.nan])))  # one finite value: no sample deviation
+
+
+def test_finite_pairs_keeps_the_pairs_where_both_are_finite():
+    a, b = stats.finite_pairs(np.array([1.0, np.nan, 3.0, 4.0]), np.array([5.0, 6.0, np.inf, 8.0]))
+    assert a.tolist() == [1.0, 4.0] and b.tolist() == [5.0, 8.0]
+
+
+def test_paired_test_is_scipys_wilcoxon_on_the_finite_differences():
+    rng = np.random.default_rng(0)
+    before = rng.normal(0, 1, 40)
+    after = before + rng.normal(0.4, 1, 40)
+    after[3] = np.nan
+    out = stats.paired_test(after, before)
+    a, b = after[np.isfinite(after)], before[np.isfinite(after)]
+    assert out["n"] == 39
+    assert out["p"] == pytest.approx(sp.wilcoxon(a - b, zero_method="wilcox").pvalue)
+    assert out["estimate"] == pytest.approx(np.mean(a - b))
+    assert out["effect"] == pytest.approx(np.mean(a > b) - np.mean(a < b))
+    assert stats.paired_test(np.ones(5), np.ones(5))["p"] == 1.0
+    assert math.isnan(stats.paired_test(np.array([np.nan]), np.array([1.0]))["p"])
+
+
+def _holm_by_hand(p: list[float]) -> list[float]:
+    """Holm (1979) as in the textbook: reject in order while p_(i) ≤ α/(m − i + 1); the adjusted p-value is the
+    smallest α that rejects H_(i), i.e. the running maximum of (m − j + 1)·p_(j), capped at 1."""
+    m = len(p)
+    order = np.argsort(p)
+    adjusted = np.empty(m)
+    for rank, i in enumerate(order):
+        adjusted[i] = min(1.0, max((m - j) * p[order[j]] for j in range(rank + 1)))
+    return adjusted.tolist()
+
+
+def test_holm_matches_the_hand_computation():
+    np.testing.assert_allclose(stats.holm([0.01, 0.04, 0.03, 0.5]), [0.04, 0.09, 0.09, 0.5])
+    rng = np.random.default_rng(1)
+    p = (rng.random(25) ** 3).tolist()
+    np.testing.assert_allclose(stats.holm(p), _holm_by_hand(p))
+    out = stats.holm([0.02, float("nan"), None, 0.01])  # non-finite entries leave the family
+    assert out[0] == pytest.approx(0.02) and out[3] == pytest.approx(0.02) and all(map(math.isnan, out[1:3]))
+
+
+def test_holm_is_never_below_the_raw_p_nor_above_bonferroni():
+    p = np.random.default_rng(2).random(12)
+    adjusted = np.array(stats.holm(p))
+    assert np.all(adjusted >= p) and np.all(adjusted <= np.minimum(1, p * len(p)) + 1e-12)
+
+
+def test_sign_flip_test_is_exact_enumeration_for_few_differences():
+    d = np.array([1.0, 2.0, -1.0, 3.0, 0.5, 2.0, 0.0, -0.5])
+    out = stats.paired_permutation_test(d)
+    nz = d[d != 0]
+    sums = np.array([np.dot(s, nz) for s in itertools.product((1.0, -1.0), repeat=len(nz))])
+    assert out["exact"] and out["n"] == 8 and out["n_nonzero"] == 7
+    assert out["p"] == pytest.approx(np.mean(np.abs(sums) >= abs(nz.sum()) - 1e-12))
+    assert out["estimate"] == pytest.approx(d.mean())
+    # six positive differences: only the all-plus and all-minus flips are as extreme → p = 2 / 2^6
+    assert stats.paired_permutation_test(np.array([1.0, 2, 1, 3, 1, 2, 0]))["p"] == pytest.approx(2 / 64)
+
+
+def test_sign_flip_test_agrees_with_scipy_permutation_test_monte_carlo():
+    rng = np.random.default_rng(3)
+    d = rng.normal(0.15, 1, 200)
+    out = stats.paired_permutation_test(d, n_resamples=3000, seed=7)
+    ref = sp.permutation_test((d,), lambda x, axis: np.mean(x, axis=axis), permutation_type="samples",
+                              vectorized=True, n_resamples=3000, alternative="two-sided",
+                              rng=np.random.default_rng(7))
+    assert not out["exact"]
+    assert out["p"] == pytest.approx(ref.pvalue)
+
+
+def test_sign_flip_test_flags_a_planted_difference_and_not_an_absent_one():
+    rng = np.random.default_rng(0)
+    balanced = (rng.random(400) < 0.30).astype(float)
+    planted = (rng.random(400) < 0.50).astype(float)
+    same = (rng.random(400) < 0.30).astype(float)
+    hit = stats.paired_permutation_test(planted - balanced, 2000, seed=1)
+    miss = stats.paired_permutation_test(same - balanced, 2000, seed=1)
+    assert hit["p"] < 0.001 and hit["estimate"] > 0.1
+    assert miss["p"] > 0.2
+
+
+def test_sign_flip_test_degenerate_inputs():
+    assert stats.paired_permutation_test(np.zeros(10))["p"] == 1.0
+    assert stats.paired_permutation_test(np.array([0.0, 2.0, np.nan]))["p"] == 1.0  # one non-zero difference
+    empty = stats.paired_permutation_test(np.array([np.nan]))
+    assert empty["n"] == 0 and math.isnan(empty["p"])
