@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from ...data import ImageSet
 from ..stats import holm, nanmean, nanstd, paired_permutation_test
 from .config import Config
 
@@ -43,6 +44,18 @@ def analyse(runs: dict[tuple[int, int | None], ModelRun], y: np.ndarray, classes
     return {"models": models, "table52": _table52(models, classes, cfg.seeds),
             "vulnerability": _vulnerability(models, classes, cfg.seeds, num_classes),
             "tests": paired_tests(y, payloads, descent_targets, classes, cfg)}
+
+
+def describe_data(data: dict[str, Any], train: ImageSet, val: ImageSet | None, attack_set: ImageSet,
+                  classes: list[int], cfg: Config) -> dict[str, Any]:
+    """The results' ``classes``, ``depleted_classes`` and ``data`` (the engine's entry plus the training set
+    after the validation split, the attack set and its class counts)."""
+    counts = attack_set.class_counts()
+    data = {**data, "train": train.describe(), "val": val.describe() if val is not None else None,
+            "attack_set": attack_set.describe(), "attack_set_counts": counts.tolist(),
+            "min_eps_per_class": int(min(cfg.min_eps.per_class, int(counts.min()))),
+            "train_counts": train.class_counts().tolist()}
+    return {"classes": list(train.classes), "depleted_classes": classes, "data": data}
 
 
 def _merged(run: ModelRun, eps_max: float) -> dict[str, Any]:

@@ -19,14 +19,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from torch import nn
 
 from ...data import ImageSet, subset
 from ...errors import ConfigError
-from ...store import Source
 from ..engine import Log, finish_study, open_study
-from .analysis import ModelRun, analyse, conclusions
+from .analysis import ModelRun, analyse, conclusions, describe_data
 from .config import Config, depleted_classes
 from .steps import attack_model, label_of, minimal_epsilon, train_model, training_set, validation_split
 
@@ -42,36 +40,29 @@ def run(cfg: Config, run_dir: str | Path, *, model: nn.Module | None = None,
         train, val = validation_split(ctx.train, cfg.val_fraction, cfg.data.seed)
         classes = depleted_classes(cfg, train)
         attack_set = subset(ctx.test, cfg.attacks.per_class * train.num_classes, cfg.seed)
-        attack_set_node = Source.of("attack-set", attack_set.x, attack_set.y)
 
         runs: dict[tuple[int, int | None], ModelRun] = {}
         for seed in cfg.seeds:
             for d in [None, *classes]:
                 name = f"s{seed}-{label_of(d)}"
-                train_d = training_set(train, d, cfg.removal, seed)                                   # 1.
+                # 1. The training set (balanced, or without cfg.removal of class d) and its model.
+                train_d = training_set(train, d, cfg.removal, seed)
                 model_d, trained = train_model(ctx, cfg.classifier, train_d, val, seed, name)
-                attacked = attack_model(ctx, model_d, trained, attack_set, attack_set_node, cfg.attacks,  # 2.
-                                        d, classes if d is None else [d], seed, name)
-                eps = minimal_epsilon(ctx, model_d, trained, attack_set, attack_set_node, cfg.min_eps,    # 3.
+                # 2. FGSM and BIM: untargeted, towards d (towards every class for the balanced model), away from d.
+                attacked = attack_model(ctx, model_d, trained, attack_set, cfg.attacks, d,
+                                        classes if d is None else [d], seed, name)
+                # 3. Minimal BIM ε per image.
+                eps = minimal_epsilon(ctx, model_d, trained, attack_set, cfg.min_eps,
                                       cfg.attacks.batch_size, name)
                 runs[seed, d] = ModelRun(train_d.class_counts().tolist(), trained["metrics"], attacked.payload,
                                          eps.payload)
 
-        ctx.results.update(_header(ctx.results, train, val, attack_set, classes, cfg))                  # 4.
+        # 4. Depleted vs balanced per seed, paired tests with Holm's correction, the conclusion.
+        ctx.results.update(describe_data(ctx.results["data"], train, val, attack_set, classes, cfg))
         ctx.results.update(analyse(runs, attack_set.y.numpy(), classes, cfg))
         ctx.results["conclusions"] = conclusions(ctx.results["tests"], ctx.results["classes"],
                                                  ctx.results["table52"]["rows"], cfg.alpha)
         return finish_study(ctx, run_dir, render)
-
-
-def _header(results: dict[str, Any], train: ImageSet, val: ImageSet | None, attack_set: ImageSet,
-            classes: list[int], cfg: Config) -> dict[str, Any]:
-    counts = attack_set.class_counts()
-    data = {**results["data"], "train": train.describe(), "val": val.describe() if val is not None else None,
-            "attack_set": attack_set.describe(), "attack_set_counts": counts.tolist(),
-            "min_eps_per_class": int(min(cfg.min_eps.per_class, int(np.min(counts)))),
-            "train_counts": train.class_counts().tolist()}
-    return {"classes": list(train.classes), "depleted_classes": classes, "data": data}
 
 
 def render(run_dir: str | Path, results: dict[str, Any]) -> tuple[Path, Path]:

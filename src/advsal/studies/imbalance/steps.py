@@ -45,8 +45,8 @@ def train_model(ctx: Context, cfg: ModelConfig, train: ImageSet, val: ImageSet |
                             ctx.device, val=val, test=ctx.test)
 
 
-def attack_model(ctx: Context, model: nn.Module, trained: Stage, attack_set: ImageSet, attack_set_node: Source,
-                 cfg: AttackConfig, depleted: int | None, towards: list[int], seed: int, name: str) -> Stage:
+def attack_model(ctx: Context, model: nn.Module, trained: Stage, attack_set: ImageSet, cfg: AttackConfig,
+                 depleted: int | None, towards: list[int], seed: int, name: str) -> Stage:
     """Seed 002 §3.3–3.5 on one model: FGSM and BIM untargeted ("ascent"); targeted *towards* each class of
     ``towards`` (on the other classes' images); targeted *away* from the depleted class ("descent", on its
     images — all images for the balanced model) towards a seeded random other class. Stores, per image, the
@@ -71,7 +71,7 @@ def attack_model(ctx: Context, model: nn.Module, trained: Stage, attack_set: Ima
             out |= _adversarial(f"{a}.descent", attack, model, x, y, descent, targets[descent])
         return {k: v.cpu() for k, v in out.items()}
 
-    return ctx.stage(f"attacks-{name}", compute, params=params, inputs=[trained, attack_set_node])
+    return ctx.stage(f"attacks-{name}", compute, params=params, inputs=[trained, attack_set_source(attack_set)])
 
 
 def _adversarial(key: str, attack: Any, model: nn.Module, x: Tensor, y: Tensor, idx: Tensor,
@@ -87,8 +87,8 @@ def _adversarial(key: str, attack: Any, model: nn.Module, x: Tensor, y: Tensor, 
     return {f"{key}.pred": pred, f"{key}.conf": conf}
 
 
-def minimal_epsilon(ctx: Context, model: nn.Module, trained: Stage, attack_set: ImageSet, attack_set_node: Source,
-                    cfg: MinEpsConfig, batch_size: int, name: str) -> Stage:
+def minimal_epsilon(ctx: Context, model: nn.Module, trained: Stage, attack_set: ImageSet, cfg: MinEpsConfig,
+                    batch_size: int, name: str) -> Stage:
     """Per-example minimal L∞ ε of BIM on the first ``cfg.per_class`` images per class of the attack set
     (``advsal.attacks.minimal_epsilon_per_example``: bisection on [0, eps_max] with ``probes`` halvings).
     Stores the images' positions, ``eps`` (+inf where BIM fails even at eps_max) and ``found``."""
@@ -102,7 +102,12 @@ def minimal_epsilon(ctx: Context, model: nn.Module, trained: Stage, attack_set: 
 
     return ctx.stage(f"min-eps-{name}", compute, params={"min_eps": dataclasses.asdict(cfg),
                                                          "batch_size": batch_size},
-                     inputs=[trained, attack_set_node])
+                     inputs=[trained, attack_set_source(attack_set)])
+
+
+def attack_set_source(attack_set: ImageSet) -> Source:
+    """The attack set's node in the stage graph: a fingerprint of its images and labels."""
+    return Source.of("attack-set", attack_set.x, attack_set.y)
 
 
 def search_index(y: Tensor, num_classes: int, per_class: int) -> Tensor:
