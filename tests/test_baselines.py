@@ -72,6 +72,9 @@ def gaussian_images(n: int, seed: int, d: int = 4, classes: int = 3) -> tuple[to
     return torch.tensor(x, dtype=torch.float32).view(n, 1, 1, d), torch.tensor(y)
 
 
+FAST = {"cv": None}  # a plain logistic regression: LogisticRegressionCV costs seconds per fit on two cores
+
+
 def make(name: str, model: nn.Module):
     if name == "lid":
         return LIDDetector(model)
@@ -112,7 +115,7 @@ def test_mahalanobis_scores_match_numpy():
         diff = v[:, None, :] - means[None]
         return (-np.einsum("ncd,de,nce->nc", diff, precision, diff)).max(1), diff
 
-    det = MahalanobisDetector(flat_net(), layers=["0"]).fit(x, xt, y_clean=y)
+    det = MahalanobisDetector(flat_net(), layers=["0"]).fit(x, xt, y_clean=y, **FAST)
     expected, diff = score(ft)
     np.testing.assert_allclose(det.statistics(xt)[:, 0].numpy(), expected, rtol=1e-7)
 
@@ -148,12 +151,12 @@ def test_kde_matches_sklearn_kernel_density():
     x, y = gaussian_images(200, seed=4)
     xt, _ = gaussian_images(40, seed=5)
     h = 0.1
-    det = KDBUDetector(flat_net(), bandwidth=h, mc_samples=8).fit(x, xt, y_clean=y)
+    det = KDBUDetector(flat_net(), bandwidth=h, mc_samples=8).fit(x, xt, y_clean=y, **FAST)
     with torch.no_grad():
         predicted = flat_net()(xt).argmax(1).numpy()
     f, ft = x.view(200, -1).double().numpy(), xt.view(40, -1).double().numpy()
-    expected = [KernelDensity(kernel="gaussian", bandwidth=h).fit(f[y.numpy() == c]).score_samples(ft[i:i + 1])[0]
-                for i, c in enumerate(predicted)]
+    kdes = [KernelDensity(kernel="gaussian", bandwidth=h).fit(f[y.numpy() == c]) for c in range(3)]
+    expected = [kdes[c].score_samples(ft[i:i + 1])[0] for i, c in enumerate(predicted)]
     stats = det.statistics(xt)
     np.testing.assert_allclose(stats[:, 0].numpy(), expected, rtol=1e-7)
     assert (stats[:, 1] >= 0).all() and (stats[:, 1] > 0).any()  # MC-dropout variance via the hook
@@ -173,14 +176,14 @@ def problem():
 @pytest.mark.parametrize("name", NAMES)
 def test_detector_separates_a_trivial_case_and_is_at_chance_on_identical_data(problem, name):
     clean, adv = problem["steps" if name == "squeezing" else "clean"], problem["adv"]
-    det = make(name, problem["model"]).fit(clean[0], adv[0])
+    det = make(name, problem["model"]).fit(clean[0], adv[0], **FAST)
     assert det.is_fitted
     s_clean, s_adv = det.score(clean[1]), det.score(adv[1])
     assert ((s_clean >= 0) & (s_clean <= 1)).all() and ((s_adv >= 0) & (s_adv <= 1)).all()
     labels = torch.cat([torch.zeros(200), torch.ones(200)])
     assert auroc(torch.cat([s_clean, s_adv]), labels) > 0.9
 
-    same = make(name, problem["model"]).fit(clean[0], clean[2])  # "adversarial" = more clean images
+    same = make(name, problem["model"]).fit(clean[0], clean[2], **FAST)  # "adversarial" = more clean images
     a = auroc(torch.cat([same.score(clean[1]), same.score(clean[3])]), labels)
     assert 0.35 < a < 0.65, a
 
@@ -192,7 +195,7 @@ def test_detector_meets_the_protocol(problem, name):
     assert not det.is_fitted
     json.dumps(det.params())
     x = problem["clean"][0][:120]
-    det.fit(x, problem["adv"][0][:120])
+    det.fit(x, problem["adv"][0][:120], **({} if name == "lid" else FAST))  # LID: with cross-validation
     t = det.calibrate(problem["clean"][1][:100], fpr=0.1)
     assert det.threshold == t and int(det.predict(problem["clean"][1][:100]).sum()) <= 10
     p = det.score(x[:10]).double()
@@ -205,7 +208,7 @@ def test_detector_meets_the_protocol(problem, name):
 
 
 def test_lid_scores_do_not_depend_on_the_test_batch(problem):
-    det = LIDDetector(problem["model"], k=10, minibatch=50).fit(problem["clean"][0], problem["adv"][0])
+    det = LIDDetector(problem["model"], k=10, minibatch=50).fit(problem["clean"][0], problem["adv"][0], **FAST)
     x = problem["adv"][1][:20]
     assert len(det.reference_[0]) == 49
     assert torch.allclose(det.score(x)[:5], det.score(x[:5]), atol=1e-6)
