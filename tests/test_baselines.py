@@ -224,3 +224,27 @@ def test_errors_name_the_fix(problem):
         KDBUDetector(model, dropout=1.5).fit(problem["clean"][0], problem["adv"][0])
     with pytest.raises(ValueError, match="squeezer"):
         FeatureSqueezingDetector(model, bit_depth=None, median_size=None).score(problem["clean"][0])
+
+
+def test_kdbu_uses_the_classifier_dropout_and_restores_its_mode():
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 3))
+    model.train()  # the caller's mode must survive
+    x = blocks(60, 0.1, seed=40)
+    det = KDBUDetector(model, bandwidth=0.5, mc_samples=10)
+    z, logits, probs = det.forward_mc(x[:5])
+    assert model.training and all(m.training for m in model.modules())
+    with torch.no_grad():
+        model.eval()
+        assert torch.allclose(logits, model(x[:5]))  # the deterministic pass runs in eval mode
+    assert probs.shape == (10, 5, 3) and (det.uncertainty(probs) > 0).all()
+    det.fit(x[:40], blocks(30, 0.45, seed=41), cv=None)  # unpaired sets (different lengths)
+    assert torch.equal(det.statistics(x[40:]), det.statistics(x[40:]))
+
+
+def test_lid_fits_unpaired_sets(problem):
+    det = LIDDetector(problem["model"], k=5, minibatch=40).fit(problem["clean"][0][:100], problem["adv"][0][:70],
+                                                                cv=None)
+    assert det.layers_ == ["1", "3", "6", "logits"]
+    assert torch.isfinite(det.statistics(problem["clean"][1][:10])).all()
