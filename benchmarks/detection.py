@@ -33,8 +33,7 @@ def main() -> None:
     model = trained_mnist_net(train)
     x_fit = train.x[:512]
     x_adv = FGSM(eps=0.2)(model, x_fit, train.y[:512]).x_adv
-    detector = SaliencyDetector(model)
-    detector.fit(x_fit, x_adv, epochs=1, batch_size=64)
+    detector = SaliencyDetector(model).fit(x_fit, x_adv, epochs=1, batch_size=64)
     x = test.x[: args.batch]
     with torch.no_grad():
         t = model(x).argmax(1)

@@ -10,6 +10,7 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from advsal.attacks.adaptive import (
+    AdaptiveAttack,
     AdaptiveResult,
     AdaptiveSaliencyAttack,
     MetzenAttack,
@@ -18,11 +19,16 @@ from advsal.attacks.adaptive import (
     saliency_path_gradient,
     softplus_relus,
 )
+from advsal.attacks.base import Attack
 from advsal.attacks.gradient import BIM
 from advsal.detection import (
+    Detector,
+    DetectorHistory,
     FeatureDetector,
+    NetworkDetector,
     NPlusOneDetector,
     SaliencyDetector,
+    SaliencyInputDetector,
     auroc,
     detection_rates,
     pooled,
@@ -127,8 +133,10 @@ def test_detector_is_at_chance_when_sets_are_identical():
 def test_fit_history_validation_and_calibration():
     f = tiny_classifier()
     det = SaliencyDetector(f, arch="mnist-net", input="saliency")
-    h = det.fit(synthetic(100, 0, 0.4, 1), synthetic(100, 0.6, 1, 2), epochs=2, lr=1e-3, batch_size=32,
-                val_fraction=0.2)
+    assert det.history_ is None
+    assert det.fit(synthetic(100, 0, 0.4, 1), synthetic(100, 0.6, 1, 2), epochs=2, lr=1e-3, batch_size=32,
+                   val_fraction=0.2) is det
+    h = det.history_
     assert [row["epoch"] for row in h.epochs] == [1, 2]
     assert h.n_train == (80, 80) and h.n_val == (20, 20)
     assert {"val_loss", "val_accuracy", "val_auroc"} <= set(h.final)
@@ -194,6 +202,109 @@ def test_classifier_untouched_and_hooks_removed():
         FeatureDetector(f, layer="features.99")
 
 
+DETECTORS = {
+    "saliency": lambda f: SaliencyDetector(f, arch="mnist-net", saliency_target=1),
+    "image": lambda f: SaliencyDetector(f, arch="mnist-net", input="image"),
+    "feature": lambda f: FeatureDetector(f, width=(4, 8)),
+    "nplusone": lambda f: NPlusOneDetector(f, seed=3),
+}
+
+
+@pytest.mark.parametrize("kind", list(DETECTORS))
+def test_network_detectors_meet_the_protocol(kind):
+    import json
+
+    f = tiny_classifier()
+    det = DETECTORS[kind](f)
+    assert isinstance(det, NetworkDetector) and isinstance(det, Detector) and det.differentiable
+    assert not det.is_fitted and det.history_ is None
+    xc, xa = synthetic(32, 0, 0.4, 1), synthetic(32, 0.6, 1, 2)
+    assert det.fit(xc, xa, epochs=1, lr=1e-3, batch_size=16) is det
+    assert det.is_fitted and isinstance(det.history_, DetectorHistory) and len(det.history_.epochs) == 1
+    assert isinstance(det, Detector)
+    assert isinstance(det, SaliencyInputDetector) == (kind in ("saliency", "image"))
+    params = det.params()
+    assert json.loads(json.dumps(params)) == params and "classifier" not in params
+    assert type(det)(f, **params).params() == params                  # the parameters rebuild the detector
+    x = synthetic(5, 0, 1, 3)
+    z = det.adversarial_logit(x)                                     # images in, one logit per image out
+    assert z.shape == (5,)
+    torch.testing.assert_close(z, det.logit_from_features(det.features(x)))
+    torch.testing.assert_close(torch.sigmoid(z).detach(), det.score(x))
+    xg = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(det.adversarial_logit(xg).sum(), xg)  # differentiable w.r.t. the images
+    assert grad.abs().sum() > 0
+    # a stored detector loaded into a fresh one counts as fitted
+    fresh = type(det)(f, **params)
+    fresh.build(tuple(det.features(x).shape[1:]))
+    assert not fresh.is_fitted
+    fresh.load_state_dict(det.state_dict())
+    assert fresh.is_fitted
+    torch.testing.assert_close(fresh.score(x), det.score(x))
+
+
+def test_saliency_detector_protocol_members():
+    f = tiny_classifier()
+    det = SaliencyDetector(f, arch="mnist-net")
+    logits = torch.tensor([[0.0, 2.0, 1.0], [3.0, 0.0, 1.0]])
+    assert det.saliency_target_for(logits).tolist() == [1, 0] and det.uses_saliency
+    fixed = SaliencyDetector(f, arch="mnist-net", saliency_target=2)
+    assert fixed.saliency_target_for(logits).tolist() == [2, 2]
+    assert not SaliencyDetector(f, input="image").uses_saliency
+    x = synthetic(3, 0, 1, 0)
+    torch.testing.assert_close(det.assemble(x, det.saliency(x)), det.features(x))
+    xg = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(det.features(xg)[:, 1:].sum(), xg)
+    assert torch.count_nonzero(g) == 0                                # the saliency channels are detached
+
+
+class ProtocolOnly:
+    """A detector that exposes the protocol and nothing else (not an nn.Module, no net/input/features)."""
+
+    differentiable = True
+
+    def __init__(self, inner):
+        self._inner = inner
+        self.threshold = inner.threshold
+
+    @property
+    def is_fitted(self):
+        return self._inner.is_fitted
+
+    def params(self):
+        return self._inner.params()
+
+    def fit(self, x_clean, x_adv, **options):
+        self._inner.fit(x_clean, x_adv, **options)
+        return self
+
+    def score(self, x, batch_size=256):
+        return self._inner.score(x)
+
+    def adversarial_logit(self, x):
+        return self._inner.adversarial_logit(x)
+
+    def predict(self, x, batch_size=256):
+        return self._inner.predict(x)
+
+    def calibrate(self, x_clean, fpr=0.05):
+        return self._inner.calibrate(x_clean, fpr)
+
+
+def test_adaptive_attacks_need_only_the_protocol():
+    f = tiny_classifier()
+    det = FeatureDetector(f, width=(4, 8)).fit(synthetic(32, 0, 0.4, 1), synthetic(32, 0.6, 1, 2), epochs=1,
+                                               lr=1e-3, batch_size=16)
+    bare = ProtocolOnly(det)
+    assert isinstance(bare, Detector) and not isinstance(bare, SaliencyInputDetector)
+    x = synthetic(6, 0, 1, 4)
+    for attack in (MetzenAttack(eps=0.1, steps=3, sigma=0.5), AdaptiveSaliencyAttack(eps=0.1, steps=3)):
+        assert isinstance(attack, AdaptiveAttack) and not isinstance(attack, Attack)
+        torch.testing.assert_close(attack(f, bare, x).x_adv, attack(f, det, x).x_adv)
+    with pytest.raises(ValueError, match="protocol"):
+        MetzenAttack(eps=0.1)(f, object(), x)
+
+
 def test_untrained_detector_errors():
     det = SaliencyDetector(tiny_classifier())
     with pytest.raises(RuntimeError, match="fit"):
@@ -241,6 +352,7 @@ def test_metzen_sigma_zero_equals_bim(mnist_model, mnist_batch):
     x, y = mnist_batch[0][:20], mnist_batch[1][:20]
     det = SaliencyDetector(mnist_model)
     det.build((2, 28, 28))
+    det.load_state_dict(det.state_dict())                            # loaded weights count as fitted
     metzen = MetzenAttack(eps=0.15, alpha=0.03, steps=5, sigma=0.0)(mnist_model, det, x, y)
     bim = BIM(eps=0.15, alpha=0.03, steps=5)(mnist_model, x, y)
     assert isinstance(metzen, AdaptiveResult)

@@ -4,7 +4,10 @@
     result = AdaptiveSaliencyAttack(eps=0.3, alpha=0.01, steps=40)(F, D, x, y)
     result.both.float().mean()    # share of inputs that fool F *and* pass D as clean
 
-Both attacks are batched L∞ attacks on [0, 1] images with budget ``eps``. They return an
+Both attacks are batched L∞ attacks on [0, 1] images with budget ``eps``; they rely only on the
+:class:`advsal.detection.protocol.Detector` protocol (``is_fitted``, ``threshold``, ``adversarial_logit``,
+``score``), and for a :class:`~advsal.detection.protocol.SaliencyInputDetector` on its saliency members. They
+return an
 ``AdaptiveResult``: the usual ``AttackResult`` (``success`` = ``both``, ``pred`` = F's prediction) plus
 per-example ``fooled_f`` (F(x_adv) ≠ y), ``evaded_d`` (D's score ≤ D's threshold, i.e. called clean) and
 ``detector_score``.
@@ -27,10 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..progress import Bar
-from ..tensors import ReLUReplacementMode, frozen, model_device
+from ..detection.protocol import Detector, SaliencyInputDetector
+from ..progress import Bar, is_quiet
+from ..tensors import ReLUReplacementMode, check_images, check_labels, frozen, model_device
 from .base import Attack, AttackResult, check_nonnegative, check_positive_int, perturbation_norms
-from .gradient import loss_gradient, project
+from .gradient import loss_gradient
 
 
 @dataclass
@@ -76,7 +80,7 @@ def softplus_relus(beta: float) -> Iterator[_SoftplusReLUMode]:
         yield mode
 
 
-def _bpda_saliency(detector, x: Tensor, target: Tensor, beta: float | None) -> Tensor:
+def _bpda_saliency(detector: SaliencyInputDetector, x: Tensor, target: Tensor, beta: float | None) -> Tensor:
     """The detector's saliency of x with a backward path to x: the real value, and the gradient of the
     softplus surrogate's saliency (BPDA) — or, with ``beta=None``, the real saliency's own graph."""
     if beta is None:
@@ -87,18 +91,17 @@ def _bpda_saliency(detector, x: Tensor, target: Tensor, beta: float | None) -> T
     return smooth + (real - smooth).detach()
 
 
-def _saliency_target(detector, logits: Tensor) -> Tensor:
-    t = detector.saliency_target
-    if isinstance(t, int):
-        return torch.full((logits.shape[0],), t, dtype=torch.long, device=logits.device)
-    return logits.detach().argmax(1)
+def _uses_saliency(detector: Detector) -> bool:
+    return isinstance(detector, SaliencyInputDetector) and detector.uses_saliency
 
 
-def _uses_saliency(detector) -> bool:
-    return hasattr(detector, "saliency") and getattr(detector, "input", "image") != "image"
+def _frozen_detector(detector: Detector) -> contextlib.AbstractContextManager:
+    """A detector that is an nn.Module is frozen like the classifier (eval mode, no parameter gradients)."""
+    return frozen(detector) if isinstance(detector, nn.Module) else contextlib.nullcontext()
 
 
-def saliency_path_gradient(classifier: nn.Module, detector, x: Tensor, beta: float | None = 10.0) -> Tensor:
+def saliency_path_gradient(classifier: nn.Module, detector: Detector, x: Tensor,
+                           beta: float | None = 10.0) -> Tensor:
     """d D(x)/dx through the saliency input only: the gradient of D's score w.r.t. x when the image channels
     are held constant and S(x) = ∂F_c/∂x varies (c = F's class at x).
 
@@ -109,33 +112,59 @@ def saliency_path_gradient(classifier: nn.Module, detector, x: Tensor, beta: flo
     if not _uses_saliency(detector):
         return torch.zeros_like(x)
     device = model_device(classifier)
-    with frozen(classifier), frozen(detector), torch.enable_grad():
+    with frozen(classifier), _frozen_detector(detector), torch.enable_grad():
         xr = x.detach().to(device).requires_grad_(True)
         with torch.no_grad():
-            target = _saliency_target(detector, classifier(xr))
+            target = detector.saliency_target_for(classifier(xr))
         s = _bpda_saliency(detector, xr, target, beta)
-        score = torch.sigmoid(detector.adversarial_logit(detector.assemble(xr.detach(), s)))
+        score = torch.sigmoid(detector.logit_from_features(detector.assemble(xr.detach(), s)))
         (grad,) = torch.autograd.grad(score.sum(), xr, allow_unused=True)
     return (torch.zeros_like(xr) if grad is None else grad).to(x.device)
 
 
 # ------------------------------------------------------------------------------------------------ attacks
-def _check_detector(detector) -> None:
-    if not isinstance(detector, nn.Module) or not hasattr(detector, "adversarial_logit"):
-        raise ValueError("detector must be an advsal.detection Detector (with adversarial_logit and "
-                         f"threshold), got {type(detector).__name__}")
-    if getattr(detector, "net", None) is None:
+def _check_detector(detector: object) -> None:
+    if not isinstance(detector, Detector):
+        raise ValueError("detector must meet the advsal.detection.Detector protocol (is_fitted, threshold, "
+                         f"score, adversarial_logit, ...), got {type(detector).__name__}")
+    if not detector.is_fitted:
         raise ValueError(f"the {type(detector).__name__} is not trained: call detector.fit(x_clean, x_adv) "
                          "first")
 
 
-def _threshold_logit(detector) -> float:
+def check_pair_inputs(classifier: nn.Module, x: Tensor, y: Tensor | None) -> Tensor:
+    """Validate an attack's (classifier, x, y) as ``Attack`` does for untargeted attacks; returns the labels
+    (the classifier's predictions when ``y`` is None). Call with the classifier frozen."""
+    if not isinstance(classifier, nn.Module):
+        raise ValueError("classifier must be a torch nn.Module mapping images to logits, got "
+                         f"{type(classifier).__name__}")
+    check_images(x)
+    if x.shape[0] == 0:
+        raise ValueError("x is an empty batch; pass at least one image")
+    device = model_device(classifier)
+    with torch.no_grad():
+        probe = classifier(x[:1].to(device))
+        if probe.dim() != 2:
+            raise ValueError(f"classifier must return logits of shape (N, classes), got {tuple(probe.shape)}")
+        if y is None:
+            y = torch.cat([classifier(x[i:i + 512].to(device)).argmax(1).to(x.device)
+                           for i in range(0, len(x), 512)])
+    check_labels(y, x.shape[0], probe.shape[1], name="y")
+    return y.long()
+
+
+def _linf_box(x: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """The box [max(x − ε, 0), min(x + ε, 1)]: Π_ε then the clip to [0, 1] in one step, as in PGD/BIM."""
+    return (x - eps).clamp_min(0), (x + eps).clamp_max(1)
+
+
+def _threshold_logit(detector: Detector) -> float:
     t = min(max(detector.threshold, 1e-7), 1 - 1e-7)
     return math.log(t / (1 - t))
 
 
 @torch.no_grad()
-def evaluate_pair(classifier: nn.Module, detector, x: Tensor, x_adv: Tensor, y: Tensor,
+def evaluate_pair(classifier: nn.Module, detector: Detector, x: Tensor, x_adv: Tensor, y: Tensor,
                   batch_size: int = 256) -> AdaptiveResult:
     """Score adversarial images ``x_adv`` (crafted from ``x``) against a classifier and a detector (e.g. a
     detector D other than the D′ they were crafted on: the transfer setting of Carlini & Wagner 2017)."""
@@ -151,28 +180,46 @@ def evaluate_pair(classifier: nn.Module, detector, x: Tensor, x_adv: Tensor, y: 
                           fooled_f=fooled, evaded_d=evaded, both=fooled & evaded, detector_score=score)
 
 
-class AdaptiveAttack(Attack):
-    """Base of attacks on (classifier, detector): ``attack(classifier, detector, x, y) -> AdaptiveResult``.
+class AdaptiveAttack:
+    """Base of attacks on (classifier, detector): ``attack(classifier, detector, x, y=None) -> AdaptiveResult``.
 
-    Inputs are validated as for every ``Attack``; classifier and detector are frozen (eval mode, parameter
-    gradients off, restored afterwards); ``batch_size`` processes chunks with a progress bar.
+    Untargeted (fool F and evade D). Inputs are validated as for every ``Attack`` (``check_pair_inputs``); the
+    detector must meet the :class:`~advsal.detection.protocol.Detector` protocol and be fitted; classifier
+    and detector are frozen (eval mode, parameter gradients off, restored afterwards); ``batch_size``
+    processes chunks with a progress bar. Subclasses implement ``_run_pair(classifier, detector, x, y)``.
     """
 
-    def _run_pair(self, model: nn.Module, detector, x: Tensor, y: Tensor) -> Tensor:
+    #: Name used in progress bars and error messages (set by subclasses).
+    name: str = "adaptive"
+
+    def __init__(self, batch_size: int | None = None):
+        if batch_size is not None:
+            check_positive_int("batch_size", batch_size)
+        self.batch_size = batch_size
+        self._bar: Bar | None = None
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({params})"
+
+    def _info(self, text: str) -> None:
+        """Show ``text`` in the running progress bar."""
+        if self._bar is not None:
+            self._bar.update(0, info=text)
+
+    def _run_pair(self, model: nn.Module, detector: Detector, x: Tensor, y: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def __call__(self, classifier: nn.Module, detector, x: Tensor, y: Tensor | None = None,
-                 targets: Tensor | None = None) -> AdaptiveResult:  # type: ignore[override]
-        if targets is not None:
-            raise ValueError(f"{type(self).__name__} is untargeted (fool F and evade D); do not pass targets")
+    def __call__(self, classifier: nn.Module, detector: Detector, x: Tensor,
+                 y: Tensor | None = None) -> AdaptiveResult:
         _check_detector(detector)
-        with frozen(classifier), frozen(detector), torch.enable_grad():
-            y, _ = self._validate(classifier, x, y, None)
+        with frozen(classifier), _frozen_detector(detector), torch.enable_grad():
+            y = check_pair_inputs(classifier, x, y)
             device = model_device(classifier)
             size = self.batch_size or x.shape[0]
             advs = []
             with Bar(self.name, x.shape[0]) as bar:
-                self._bar = bar
+                self._bar = None if is_quiet() else bar
                 try:
                     for start in range(0, x.shape[0], size):
                         xc = x[start:start + size].to(device).detach().clone()
@@ -183,10 +230,6 @@ class AdaptiveAttack(Attack):
                 finally:
                     self._bar = None
         return evaluate_pair(classifier, detector, x, torch.cat(advs), y.to(x.device))
-
-    def _run(self, model, x, y, targets):  # pragma: no cover - the single-model entry point is not used
-        raise TypeError(f"{type(self).__name__} attacks a classifier and a detector: call it as "
-                        "attack(classifier, detector, x, y)")
 
 
 class MetzenAttack(AdaptiveAttack):
@@ -217,15 +260,18 @@ class MetzenAttack(AdaptiveAttack):
         if self.eps == 0:
             return x
         x_adv = x
+        lo, hi = _linf_box(x, self.eps)
         for step in range(self.steps):
             grad_f, _ = loss_gradient(model, x_adv, y, False)
             with torch.enable_grad():
                 xr = x_adv.detach().requires_grad_(True)
                 # J_d(x, adversarial) = −log σ(logit); its gradient points away from "adversarial"
-                j_d = F.softplus(-detector(xr)).sum()
-                (grad_d,) = torch.autograd.grad(j_d, xr)
+                j_d = F.softplus(-detector.adversarial_logit(xr)).sum()
+                (grad_d,) = torch.autograd.grad(j_d, xr, allow_unused=True)
+            if grad_d is None:  # a detector whose logit does not depend on x through autograd
+                grad_d = torch.zeros_like(x_adv)
             direction = (1 - self.sigma) * grad_f.sign() + self.sigma * grad_d.sign()
-            x_adv = (x + project(x_adv + self.alpha * direction - x, self.eps, "linf")).clamp(0, 1)
+            x_adv = torch.minimum(torch.maximum(x_adv + self.alpha * direction, lo), hi)
             self._info(f"step {step + 1}/{self.steps}")
         return x_adv
 
@@ -270,10 +316,10 @@ class AdaptiveSaliencyAttack(AdaptiveAttack):
             other = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), -math.inf).amax(1)
             margin_f = true - other
             if _uses_saliency(detector):
-                s = _bpda_saliency(detector, xr, _saliency_target(detector, logits), self.beta)
-                d_logit = detector.adversarial_logit(detector.assemble(xr, s))
+                s = _bpda_saliency(detector, xr, detector.saliency_target_for(logits), self.beta)
+                d_logit = detector.logit_from_features(detector.assemble(xr, s))
             else:
-                d_logit = detector(xr)
+                d_logit = detector.adversarial_logit(xr)
             margin_d = d_logit - _threshold_logit(detector)
             loss = (margin_f + self.kappa).clamp_min(0) + (margin_d + self.kappa).clamp_min(0)
             (grad,) = torch.autograd.grad(loss.sum(), xr)
@@ -286,6 +332,7 @@ class AdaptiveSaliencyAttack(AdaptiveAttack):
         best = x
         best_both = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         best_loss = torch.full((x.shape[0],), math.inf, device=x.device)
+        lo, hi = _linf_box(x, self.eps)
         for step in range(self.steps + 1):
             loss, grad, fooled, evaded = self._objective(model, detector, x_adv, y)
             both = fooled & evaded
@@ -295,13 +342,13 @@ class AdaptiveSaliencyAttack(AdaptiveAttack):
             best_loss = torch.where(better, loss, best_loss)
             if step == self.steps or bool((best_both & (best_loss <= 0)).all()):
                 break
-            x_adv = (x + project(x_adv - self.alpha * grad.sign() - x, self.eps, "linf")).clamp(0, 1)
+            x_adv = torch.minimum(torch.maximum(x_adv - self.alpha * grad.sign(), lo), hi)
             self._info(f"step {step + 1}/{self.steps} both {float(best_both.float().mean()):.2f}")
         return best
 
 
-def attack_detector_pair(attack, classifier: nn.Module, detector, x: Tensor, y: Tensor,
-                         evaluate_on=None) -> AdaptiveResult:
+def attack_detector_pair(attack: AdaptiveAttack | Attack, classifier: nn.Module, detector: Detector, x: Tensor,
+                         y: Tensor, evaluate_on: Detector | None = None) -> AdaptiveResult:
     """Run ``attack`` and score its adversarial images against ``evaluate_on`` (default: ``detector``).
 
     An ``AdaptiveAttack`` is run against (classifier, detector); any other ``Attack`` against the classifier
@@ -318,4 +365,5 @@ def attack_detector_pair(attack, classifier: nn.Module, detector, x: Tensor, y: 
 
 
 __all__ = ["AdaptiveAttack", "AdaptiveResult", "AdaptiveSaliencyAttack", "MetzenAttack",
-           "attack_detector_pair", "evaluate_pair", "saliency_path_gradient", "softplus_relus"]
+           "attack_detector_pair", "check_pair_inputs", "evaluate_pair", "saliency_path_gradient",
+           "softplus_relus"]

@@ -16,9 +16,9 @@ from .baselines import (
 )
 from .detectors import (
     INPUTS,
-    Detector,
     DetectorHistory,
     FeatureDetector,
+    NetworkDetector,
     NPlusOneDetector,
     SaliencyDetector,
     metzen_detector_net,
@@ -33,9 +33,10 @@ from .metrics import (
     threshold_at_fpr,
     tpr_at_fpr,
 )
+from .protocol import Detector, SaliencyInputDetector
 
 __all__ = ["INPUTS", "DetectionRates", "Detector", "DetectorHistory", "FeatureDetector", "NPlusOneDetector",
-           "SaliencyDetector", "auroc", "detection_rates", "metzen_detector_net", "pooled", "roc_curve",
-           "split_by_label", "threshold_at_fpr", "tpr_at_fpr"]
+           "NetworkDetector", "SaliencyDetector", "SaliencyInputDetector", "auroc", "detection_rates",
+           "metzen_detector_net", "pooled", "roc_curve", "split_by_label", "threshold_at_fpr", "tpr_at_fpr"]
 __all__ += ["FeatureSqueezingDetector", "KDBUDetector", "LIDDetector", "MahalanobisDetector", "lid_mle",
             "median_smooth", "reduce_bit_depth"]

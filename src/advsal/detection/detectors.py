@@ -1,14 +1,19 @@
 """Adversarial-example detectors: the saliency detector of seed 001 and the baselines it is compared with.
 
-Every detector is an ``nn.Module`` D that maps an input x to a probability that x is adversarial:
+Every detector here is a ``NetworkDetector``: an ``nn.Module`` D with a trained network that maps an input x to
+a probability that x is adversarial, and that meets the :class:`advsal.detection.protocol.Detector` protocol:
 
-    D = SaliencyDetector(F)                       # seed 001 Step 3: D on concat(x, ∂F_c/∂x)
-    history = D.fit(x_clean, x_adv, epochs=10)    # balanced clean (0) vs adversarial (1), Adam lr 1e-4
+    D = SaliencyDetector(F).fit(x_clean, x_adv, epochs=10)   # seed 001 Step 3: D on concat(x, ∂F_c/∂x)
+    D.history_                                   # per-epoch record of the training; D.is_fitted is True
     D.calibrate(x_clean_val, fpr=0.05)            # optional: threshold at a clean false-positive rate
     p = D.score(x_test); flagged = D.predict(x_test)
+    z = D.adversarial_logit(x)                    # images → log(p / (1 − p)), differentiable
 
 ``features(x)`` is the input D's network sees (image and/or saliency, feature maps, the image itself);
-``fit_features`` / ``score_features`` work on such inputs directly so a study can cache them. The classifier F
+``fit_features`` / ``score_features`` / ``logit_from_features`` work on such inputs directly so a study can
+cache them. ``params()`` are the constructor parameters (JSON-able, the classifier excluded). The trained
+network is ``D.net`` (not ``net_``: the name is the prefix of every ``state_dict`` key, which stored detectors
+are loaded by). The classifier F
 is only referenced (it is not part of ``D.parameters()`` or ``D.state_dict()``); it is used in eval mode with
 its flags restored, never trained and never modified.
 """
@@ -19,6 +24,7 @@ import copy
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +41,7 @@ INPUTS = ("image+saliency", "image", "saliency")
 
 @dataclass
 class DetectorHistory:
-    """Per-epoch record of ``Detector.fit`` (loss, accuracy; val_* when a validation split is used)."""
+    """Per-epoch record of ``NetworkDetector.fit`` (loss, accuracy; val_* when a validation split is used)."""
 
     epochs: list[dict] = field(default_factory=list)
     n_train: tuple[int, int] = (0, 0)
@@ -58,6 +64,11 @@ def _check_features(f: Tensor, name: str) -> None:
         raise ValueError(f"{name} contains NaN or infinite values; recompute the detector inputs")
 
 
+def _mark_fitted(module: nn.Module, incompatible_keys) -> None:
+    """load_state_dict post-hook: a detector whose trained weights were loaded counts as fitted."""
+    module._fitted = True
+
+
 def _channel_stats(f: Tensor) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of training inputs, for the detector's Normalize layer (a constant channel
     gets std 1 so it passes through unscaled)."""
@@ -67,17 +78,28 @@ def _channel_stats(f: Tensor) -> tuple[list[float], list[float]]:
     return flat.mean(1).tolist(), std.tolist()
 
 
-class Detector(nn.Module):
-    """Common base: training, batched scoring, thresholding. Label 1 = adversarial.
+class NetworkDetector(nn.Module):
+    """Common base of the trained-network detectors: training, batched scoring, thresholding; meets the
+    :class:`~advsal.detection.protocol.Detector` protocol. Label 1 = adversarial.
 
-    Subclasses define ``features(x)`` (the network's input, built from images) and ``_make_net`` (the network
-    for a given input shape); binary detectors output two logits (clean, adversarial).
+    Subclasses define ``features(x)`` (the network's input, built from images), ``_make_net`` (the network
+    for a given input shape) and ``_param_names`` (the constructor parameters ``params()`` reports); binary
+    detectors output two logits (clean, adversarial). ``is_fitted`` turns True after ``fit``/``fit_features``
+    or after ``load_state_dict`` (a stored trained detector).
     """
+
+    #: ``adversarial_logit`` is differentiable w.r.t. the images (through ``features``; see the subclasses for
+    #: which parts of the features carry gradient).
+    differentiable = True
+    _param_names: tuple[str, ...] = ()
 
     def __init__(self) -> None:
         super().__init__()
         self.net: nn.Module | None = None
+        self.history_: DetectorHistory | None = None
+        self._fitted = False
         self.register_buffer("_threshold", torch.tensor(0.5))
+        self.register_load_state_dict_post_hook(_mark_fitted)
 
     # -- the classifier is referenced, not owned (kept out of parameters() and state_dict()) --
     def _set_classifier(self, classifier: nn.Module) -> None:
@@ -102,6 +124,19 @@ class Detector(nn.Module):
     def device(self) -> torch.device:
         return model_device(self.classifier)
 
+    @property
+    def is_fitted(self) -> bool:
+        """True once the network is trained (``fit``, ``fit_features``) or loaded (``load_state_dict``)."""
+        return self._fitted and self.net is not None
+
+    def params(self) -> dict[str, Any]:
+        """The constructor parameters that define the detector (JSON-able; the classifier excluded)."""
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in
+                ((name, getattr(self, name)) for name in self._param_names)}
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.params().items())
+
     # -- to be defined by subclasses --
     def features(self, x: Tensor) -> Tensor:
         """The input this detector feeds its network, built from images ``x`` (N, C, H, W) in [0, 1]."""
@@ -114,17 +149,22 @@ class Detector(nn.Module):
     def _train_labels(self, n_clean: int, n_adv: int, y_clean: Tensor | None, f_clean: Tensor) -> Tensor:
         return torch.cat([torch.zeros(n_clean, dtype=torch.long), torch.ones(n_adv, dtype=torch.long)])
 
-    def adversarial_logit(self, features: Tensor) -> Tensor:
-        """log(p / (1 − p)) of "adversarial" for each row of ``features``; differentiable (for attacks)."""
+    def logit_from_features(self, features: Tensor) -> Tensor:
+        """log(p / (1 − p)) of "adversarial" for each row of ``features`` (the network's input, see
+        ``features``); differentiable (for attacks)."""
         if self.net is None:
             raise RuntimeError(f"{type(self).__name__} is not trained yet: call fit(x_clean, x_adv) first "
                                "(or build(feature_shape) before load_state_dict)")
         return self._logit_from_output(self.net(features))
 
+    def adversarial_logit(self, x: Tensor) -> Tensor:
+        """log(p / (1 − p)) of "adversarial" for images ``x`` (sigmoid of it is ``score(x)``), shape (N,);
+        differentiable w.r.t. x where ``features`` is."""
+        return self.logit_from_features(self.features(x))
+
     def forward(self, x: Tensor) -> Tensor:
-        """Adversarial logit of images ``x`` (sigmoid of it is ``score(x)``), differentiable where
-        ``features`` is."""
-        return self.adversarial_logit(self.features(x))
+        """``adversarial_logit(x)``."""
+        return self.adversarial_logit(x)
 
     # -- building --
     def build(self, feature_shape: tuple[int, ...], seed: int = 0) -> None:
@@ -142,8 +182,9 @@ class Detector(nn.Module):
     # -- training --
     def fit(self, x_clean: Tensor, x_adv: Tensor, *, y_clean: Tensor | None = None, epochs: int = 10,
             lr: float = 1e-4, batch_size: int = 128, val_fraction: float = 0.0,
-            seed: int = 0) -> DetectorHistory:
-        """Train on clean (label 0) and adversarial (label 1) images (seed 001: Adam, lr 1e-4, 10 epochs).
+            seed: int = 0) -> NetworkDetector:
+        """Train on clean (label 0) and adversarial (label 1) images (seed 001: Adam, lr 1e-4, 10 epochs);
+        returns self, with the training record in ``history_``.
 
         ``y_clean`` (true labels of ``x_clean``) is used by ``NPlusOneDetector`` only. See ``fit_features``.
         """
@@ -158,8 +199,9 @@ class Detector(nn.Module):
 
     def fit_features(self, f_clean: Tensor, f_adv: Tensor, *, y_clean: Tensor | None = None, epochs: int = 10,
                      lr: float = 1e-4, batch_size: int = 128, val_fraction: float = 0.0,
-                     seed: int = 0) -> DetectorHistory:
-        """Train on precomputed detector inputs (``features`` of clean and adversarial images).
+                     seed: int = 0) -> NetworkDetector:
+        """Train on precomputed detector inputs (``features`` of clean and adversarial images); returns self,
+        with the per-epoch record (a :class:`DetectorHistory`) in ``history_``.
 
         The two classes are balanced by weighting each example with n / (2 · n_class) in the cross-entropy, so
         unequal set sizes do not bias the detector. With ``val_fraction`` > 0 that share of each set is held
@@ -233,7 +275,9 @@ class Detector(nn.Module):
                 history.epochs.append(row)
         net.eval()
         history.seconds = time.perf_counter() - start
-        return history
+        self.history_ = history
+        self._fitted = True
+        return self
 
     def _stats(self, f: Tensor) -> tuple[list[float] | None, list[float] | None]:
         return _channel_stats(f)
@@ -256,9 +300,9 @@ class Detector(nn.Module):
         """Probability adversarial for precomputed detector inputs (no gradient), on the inputs' device."""
         _check_features(features, "features")
         if self.net is None:
-            self.adversarial_logit(features)  # raises the not-trained error
+            self.logit_from_features(features)  # raises the not-trained error
         with frozen(self.net), torch.no_grad():
-            parts = [torch.sigmoid(self.adversarial_logit(features[i:i + batch_size].to(self.device)))
+            parts = [torch.sigmoid(self.logit_from_features(features[i:i + batch_size].to(self.device)))
                      for i in range(0, len(features), batch_size)]
         return torch.cat(parts).to(features.device) if parts else features.new_zeros(0)
 
@@ -289,7 +333,7 @@ def _square_size(shape: tuple[int, ...], what: str) -> int:
     return shape[1]
 
 
-class SaliencyDetector(Detector):
+class SaliencyDetector(NetworkDetector):
     """Seed 001 §III Steps 2–3: a binary classifier D on the image concatenated (channel axis) with its
     gradient saliency S = ∂F_c(x)/∂x (Eq. 5) of the classifier F, c = F's predicted class.
 
@@ -298,7 +342,14 @@ class SaliencyDetector(Detector):
     baseline of Gong et al. 2017 (same D on the image alone), ``input="saliency"`` the saliency-only ablation.
     ``saliency_score`` is the explained score ("logit", "log_softmax", "softmax"); ``saliency_target`` the
     class explained ("predicted" or a fixed class index).
+
+    Meets :class:`~advsal.detection.protocol.SaliencyInputDetector`. ``adversarial_logit(x)`` is
+    differentiable w.r.t. x through the image channels only: ``features`` detaches the saliency channels
+    (Eq. 10's assumption); an attack that differentiates through the saliency builds the input itself with
+    ``saliency(x, create_graph=True)``, ``assemble`` and ``logit_from_features``.
     """
+
+    _param_names = ("arch", "input", "saliency_score", "saliency_target")
 
     def __init__(self, classifier: nn.Module, arch: str = "mnist-net", input: str = "image+saliency",
                  saliency_score: str = "logit", saliency_target: str | int = "predicted"):
@@ -318,12 +369,23 @@ class SaliencyDetector(Detector):
         self.saliency_score = saliency_score
         self.saliency_target = saliency_target
 
-    def saliency(self, x: Tensor, target: Tensor | int | str | None = None,
+    @property
+    def uses_saliency(self) -> bool:
+        """False for the image-only ("1+1") variant, whose network never sees the saliency."""
+        return self.input != "image"
+
+    def saliency_target_for(self, logits: Tensor) -> Tensor:
+        """The class whose saliency D reads, per example, given the classifier's logits at x."""
+        if isinstance(self.saliency_target, int):
+            return torch.full((logits.shape[0],), self.saliency_target, dtype=torch.long, device=logits.device)
+        return logits.detach().argmax(1)
+
+    def saliency(self, x: Tensor, target: Tensor | int | str | None = None, *,
                  create_graph: bool = False) -> Tensor:
         """S = ∂F_c/∂x (signed, same shape as x) on the classifier's device; ``target`` overrides the
         detector's ``saliency_target`` (e.g. the classes an attack fixed)."""
         t = self.saliency_target if target is None else target
-        return gradient(self.classifier, x.to(self.device), target=t, score=self.saliency_score,
+        return gradient(self.classifier, x.to(self.device), t, score=self.saliency_score,
                         create_graph=create_graph)
 
     def assemble(self, x: Tensor, s: Tensor | None) -> Tensor:
@@ -366,7 +428,7 @@ def metzen_detector_net(in_channels: int, width: tuple[int, int] = (96, 192), me
                          nn.AdaptiveAvgPool2d(1), nn.Flatten())
 
 
-class FeatureDetector(Detector):
+class FeatureDetector(NetworkDetector):
     """Metzen et al. 2017: a detector subnetwork on the classifier's feature maps at ``layer``.
 
     The default ``"features.1"`` (the first ReLU of a zoo model) is seed 001's simplification ("training
@@ -375,6 +437,8 @@ class FeatureDetector(Detector):
     conv detector (channel widths ``width``); a zoo name (e.g. "mnist-net") builds that net instead.
     ``features(x)`` is differentiable w.r.t. x, so second-round attacks can use the exact gradient.
     """
+
+    _param_names = ("layer", "arch", "width")
 
     def __init__(self, classifier: nn.Module, layer: str = "features.1", arch: str | None = None,
                  width: tuple[int, int] = (96, 192)):
@@ -436,17 +500,22 @@ def _last_linear(model: nn.Module) -> tuple[str, nn.Linear]:
     return linears[-1]
 
 
-class NPlusOneDetector(Detector):
+class NPlusOneDetector(NetworkDetector):
     """Grosse et al. 2017: a copy of the classifier with an (N+1)-th "adversarial" output, trained on clean
     images with their labels and adversarial images with label N; score = softmax probability of class N.
 
     The copy starts from the classifier's weights (the new output row is freshly initialised) unless
-    ``from_scratch``; the classifier itself is not modified.
+    ``from_scratch``; the classifier itself is not modified. The network exists from construction, but
+    ``is_fitted`` is False until ``fit`` (or ``load_state_dict``).
     """
+
+    _param_names = ("from_scratch", "seed")
 
     def __init__(self, classifier: nn.Module, from_scratch: bool = False, seed: int = 0):
         super().__init__()
         self._set_classifier(classifier)
+        self.from_scratch = bool(from_scratch)
+        self.seed = int(seed)
         name, last = _last_linear(classifier)
         self.num_classes = last.out_features
         state = torch.random.get_rng_state()
@@ -507,5 +576,5 @@ class NPlusOneDetector(Detector):
             return self.net(x.to(self.device))[:, :-1].argmax(1).to(x.device)
 
 
-__all__ = ["INPUTS", "Detector", "DetectorHistory", "FeatureDetector", "NPlusOneDetector", "SaliencyDetector",
-           "metzen_detector_net"]
+__all__ = ["INPUTS", "DetectorHistory", "FeatureDetector", "NPlusOneDetector", "NetworkDetector",
+           "SaliencyDetector", "metzen_detector_net"]

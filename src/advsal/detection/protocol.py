@@ -50,7 +50,14 @@ class Detector(Protocol):
 
 @runtime_checkable
 class SaliencyInputDetector(Detector, Protocol):
-    """A detector whose network reads the classifier's saliency: adaptive attacks differentiate through it."""
+    """A detector whose network reads the classifier's saliency: adaptive attacks differentiate through it,
+    building the network's input themselves: ``logit_from_features(assemble(x, saliency(x, t, create_graph=True)))``
+    with ``t = saliency_target_for(classifier(x))``."""
+
+    #: False when the network ignores the saliency (an image-only variant): attack it through ``adversarial_logit``.
+    uses_saliency: bool
+
+    def saliency_target_for(self, logits: Tensor) -> Tensor: ...
 
     def saliency(self, x: Tensor, target: Tensor | None = None, *, create_graph: bool = False) -> Tensor: ...
 
