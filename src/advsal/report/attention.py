@@ -95,11 +95,12 @@ def render_attention_report(run_dir: Path, results: dict[str, Any]) -> tuple[Pat
     layers: list[str] = results["layers"]
     last = layers[-1]
     clf = results["classifier"]
+    trained = "as given" if clf.get("given") else f"trained {clf['epochs_run']} epochs"
     rep = Report("Attention under attack — study report (seed 004)")
     rep.paragraph(
         f"Reproduces seed 004 (Kotyan & Vargas, \"Deep neural network loses attention to adversarial "
         f"images\") on {cfg['data']['name']}: {results['data']['train']}; {results['data']['test']}. "
-        f"Classifier {clf['architecture']} trained {clf['epochs_run']} epochs (test accuracy "
+        f"Classifier {clf['architecture']} {trained} (test accuracy "
         f"{clf['test']['accuracy']:.4f}). {cfg['n_images']} correctly classified test images are attacked by "
         f"every attack; the analysis uses the successful adversarial examples. Saliency maps SM: guided "
         f"backpropagation (|·|, max over channels); activation maps AM: Grad-CAM of {', '.join(layers)} (the "

@@ -99,3 +99,64 @@ def holm(pvalues: list[float] | np.ndarray) -> list[float]:
         running = max(running, min(1.0, (len(order) - rank) * float(pvalues[i])))
         out[i] = running
     return out
+
+
+# -- appended for the attention study (seed 004): interval estimates and unpaired / correlation tests ----------
+def mean_ci(values: np.ndarray, level: float = 0.95) -> dict[str, float]:
+    """Mean with a Student-t interval (``scipy.stats.t.interval``), median and n of the finite values."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    n = len(v)
+    if n == 0:
+        return {"n": 0, "mean": math.nan, "lo": math.nan, "hi": math.nan, "median": math.nan}
+    mean = float(v.mean())
+    lo = hi = math.nan
+    if n > 1:
+        sem = float(stats.sem(v))
+        lo, hi = (mean, mean) if sem == 0 else map(float, stats.t.interval(level, n - 1, loc=mean, scale=sem))
+    return {"n": n, "mean": mean, "lo": lo, "hi": hi, "median": float(np.median(v))}
+
+
+def groups_test(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    """Mann-Whitney U (two-sided) of the finite values of ``a`` vs ``b``: ``n`` (smaller group), ``n_a``,
+    ``n_b``, ``p``, ``estimate`` (difference of medians) and ``effect`` = Cliff's δ = P(a > b) − P(a < b)
+    (Cliff 1993), which is 2U/(n_a·n_b) − 1 of the same U statistic."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    a, b = a[np.isfinite(a)], b[np.isfinite(b)]
+    out = {"n": min(len(a), len(b)), "n_a": len(a), "n_b": len(b), "effect": math.nan, "p": math.nan,
+           "estimate": math.nan}
+    if len(a) and len(b):
+        res = stats.mannwhitneyu(a, b, alternative="two-sided")
+        out.update(effect=float(2 * res.statistic / (len(a) * len(b)) - 1), p=float(res.pvalue),
+                   estimate=float(np.median(a) - np.median(b)))
+    return out
+
+
+def cliffs_delta(a: np.ndarray, b: np.ndarray) -> float:
+    """Cliff's δ = P(a > b) − P(a < b) over all pairs of finite values, in [−1, 1] (NaN if either is empty)."""
+    return groups_test(a, b)["effect"]
+
+
+def correlation_test(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    """Spearman's ρ (``effect`` and ``estimate``) with its two-sided ``p`` over the finite pairs (NaN with fewer
+    than 3 pairs or a constant side)."""
+    a, b = finite_pairs(a, b)
+    out = {"n": len(a), "effect": math.nan, "estimate": math.nan, "p": math.nan}
+    if len(a) > 2 and np.ptp(a) > 0 and np.ptp(b) > 0:
+        res = stats.spearmanr(a, b)
+        out.update(effect=float(res.statistic), estimate=float(res.statistic), p=float(res.pvalue))
+    return out
+
+
+def median_bootstrap(values: np.ndarray, resamples: int, seed: int, level: float = 0.95) -> dict[str, float]:
+    """Median of the finite values with a percentile-bootstrap interval (``scipy.stats.bootstrap``, seeded)."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if not len(v):
+        return {"n": 0, "estimate": math.nan, "lo": math.nan, "hi": math.nan}
+    med = float(np.median(v))
+    if len(v) == 1 or np.ptp(v) == 0:
+        return {"n": len(v), "estimate": med, "lo": med, "hi": med}
+    ci = stats.bootstrap((v,), np.median, n_resamples=resamples, confidence_level=level, method="percentile",
+                         rng=np.random.default_rng(seed)).confidence_interval
+    return {"n": len(v), "estimate": med, "lo": float(ci.low), "hi": float(ci.high)}

@@ -1,0 +1,361 @@
+"""Analysis of the attention study: stored stage payloads → per-attack tables, PGD vs Pixel Attack, and one row
+per claim of seed 004 with its tests and a verdict (plain data for results.json).
+
+Decision rules (explicit, applied mechanically to the numbers):
+
+- A *paired* test (same images, e.g. adversarial vs original) uses the Wilcoxon signed-rank test (two-sided)
+  and the paired dominance ``P(d > 0) − P(d < 0)`` of the per-image differences as effect size; an *unpaired*
+  test (PGD vs Pixel Attack) uses Mann-Whitney U and Cliff's δ; a *correlation* test uses Spearman's ρ.
+  Every p-value of the claims table is Holm-corrected over the whole table (tests with enough examples).
+- A test is **confirmed** when its corrected p < ``alpha`` and its effect points the claimed way with
+  |effect| ≥ ``min_effect`` (0.147, the "small" bound of Cliff's δ; Romano et al. 2006; |ρ| ≥ 0.1 for
+  correlations), **contradicted** when the same holds in the opposite direction, **inconclusive** otherwise, and
+  **untestable** with fewer than ``min_examples`` examples. A *threshold* test (e.g. "destroys": median retained
+  CAM energy below ``destroy_ratio``) is confirmed when the 95% bootstrap interval of the median lies on the
+  claimed side, contradicted when it lies on the other side.
+- A claim is **supported** when every testable test is confirmed, **not supported** when none is, **mixed**
+  otherwise, and **not testable** when no test is testable.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ...saliency.compare import chance_iou
+from ...store import Stage
+from ..stats import correlation_test, groups_test, holm, mean_ci, median_bootstrap, paired_test
+from .config import Config
+
+
+@dataclass(frozen=True)
+class Test:
+    """One test of a claim. ``kind``: paired (metric ``a`` vs ``b`` on the same images of ``group``), groups
+    (metric ``a`` of ``group`` vs of ``group_b``), correlation (``a`` vs ``b`` within ``group``), threshold
+    (median of ``a`` vs ``threshold``) or count (share of PGD-vs-Pixel metrics that differ ≥ ``threshold``).
+    ``direction`` is +1 when the claim predicts a > b (positive ρ, median above), −1 for the opposite."""
+
+    label: str
+    kind: str
+    group: str
+    a: str
+    b: str = ""
+    direction: int = 1
+    group_b: str = ""
+    threshold: float = math.nan
+
+
+@dataclass(frozen=True)
+class Claim:
+    id: str
+    text: str
+    source: str
+    tests: tuple[Test, ...]
+
+
+def claims(layers: list[str], destroy_ratio: float) -> list[Claim]:
+    """Every claim of seed 004, with the tests that decide it (metric names as in :func:`image_metrics`)."""
+    last = layers[-1]
+    inner = layers[:-1]
+    cam = f"cam:{last}"
+    out = [
+        Claim("pgd-diffuses", "PGD diffuses the image's saliency (predicted class).",
+              "§4.1, Fig. 2; abstract", (
+                  Test("SM entropy: x̂ w.r.t. Ĉ > x w.r.t. C", "paired", "pgd", "sm:entropy:a_d",
+                       "sm:entropy:x_c"),
+                  Test("SM spread: x̂ w.r.t. Ĉ > x w.r.t. C", "paired", "pgd", "sm:spread:a_d",
+                       "sm:spread:x_c"))),
+        Claim("pgd-diffuses-both-classes",
+              "The PGD diffusion occurs for both the true and the adversarial class.",
+              "§4.1, Figs. 3–4", (
+                  Test("SM entropy w.r.t. C: x̂ > x", "paired", "pgd", "sm:entropy:a_c",
+                       "sm:entropy:x_c"),
+                  Test("SM entropy w.r.t. Ĉ: x̂ > x", "paired", "pgd", "sm:entropy:a_d",
+                       "sm:entropy:x_d"))),
+        Claim("pgd-keeps-roi", "PGD keeps the region of interest (saliency and last-layer attention stay in "
+              "the same region).", "§4.1; §4.2, Fig. 5", (
+                  Test("SM top-k IoU(x:C, x̂:Ĉ) > same with another image's x̂", "paired", "pgd", "sm:iou:pred",
+                       "sm:iou:pred_shuffled"),
+                  Test(f"AM {last} IoU(x:C, x̂:Ĉ) > same with another image's x̂", "paired", "pgd",
+                       f"{cam}:iou:pred", f"{cam}:iou:pred_shuffled"))),
+        Claim("pgd-destroys-true-cam", "PGD destroys the class activation map of the true class.",
+              "§1; §4.2, Fig. 6", (
+                  Test(f"AM {last} energy w.r.t. C: x̂ < x", "paired", "pgd", f"{cam}:energy:a_c",
+                       f"{cam}:energy:x_c", -1),
+                  Test(f"median retained AM {last} energy w.r.t. C < {destroy_ratio:g}", "threshold",
+                       "pgd", f"{cam}:retained:c", direction=-1, threshold=destroy_ratio))),
+        Claim("pgd-adv-cam-moves-to-true", "Under PGD the adversarial class's attention moves close to the "
+              "true class's original attention.", "§4.2, Fig. 7", (
+                  Test(f"AM {last} IoU(x̂:Ĉ, x:C) > IoU(x:Ĉ, x:C)", "paired", "pgd", f"{cam}:iou:pred",
+                       f"{cam}:iou:cross_clean"),)),
+        Claim("pixel-attracts-saliency", "Pixel Attack shifts the saliency to the perturbed pixels.",
+              "§4.1, Fig. 2", (
+                  Test("SM mass near perturbed pixels: x̂:Ĉ > x:C", "paired", "pixel", "sm:near:a_d",
+                       "sm:near:x_c"),
+                  Test("SM mass near perturbed pixels x̂:Ĉ > area share", "paired", "pixel",
+                       "sm:near:a_d", "sm:near:chance"))),
+        Claim("pixel-not-diffuse", "Pixel Attack does not diffuse saliency the way PGD does.",
+              "§4.1, Fig. 2", (
+            Test("SM entropy change (x̂:Ĉ − x:C): Pixel < PGD", "groups", "pixel", "sm:d_entropy:pred",
+                 direction=-1, group_b="pgd"),)),
+        Claim("pixel-true-saliency-minimal", "Under Pixel Attack the saliency w.r.t. the true class changes "
+              "minimally, that w.r.t. the adversarial class changes.", "§4.1, Figs. 3–4", (
+                  Test("SM rank corr. x vs x̂: w.r.t. C > w.r.t. Ĉ", "paired", "pixel", "sm:rank:true",
+                       "sm:rank:adv"),
+                  Test("SM rank corr. w.r.t. C (x vs x̂): Pixel > PGD", "groups", "pixel", "sm:rank:true",
+                       group_b="pgd"))),
+        Claim("pixel-shifts-roi", "Pixel Attack changes the region of interest (PGD does not).",
+              "§4.1; conclusions", (
+                  Test("SM top-k IoU(x:C, x̂:Ĉ): Pixel < PGD", "groups", "pixel", "sm:iou:pred", direction=-1,
+                       group_b="pgd"),
+                  Test("SM centre-of-mass shift (x:C → x̂:Ĉ): Pixel > PGD", "groups", "pixel",
+                       "sm:com:pred", group_b="pgd"))),
+        Claim("pixel-cam-toward-or-away", "Pixel Attack's last-layer attention moves towards or away from "
+              "the perturbed pixels (more than PGD's does from its most changed pixels).", "§4.2, Fig. 5", (
+                  Test(f"|Δ AM {last} mass near perturbed pixels| (x:C → x̂:Ĉ): Pixel > PGD", "groups",
+                       "pixel", f"{cam}:abs_d_near:pred", group_b="pgd"),)),
+        Claim("pixel-cam-true-minimal", "Pixel Attack mainly distorts the adversarial class's activation "
+              "map; the true class's changes minimally.", "§4.2, Figs. 6–7", (
+                  Test(f"AM {last} IoU x vs x̂: w.r.t. C > w.r.t. Ĉ", "paired", "pixel",
+                       f"{cam}:iou:true", f"{cam}:iou:adv"),
+                  Test(f"retained AM {last} energy w.r.t. C: Pixel > PGD", "groups", "pixel",
+                       f"{cam}:retained:c", group_b="pgd"))),
+        Claim("complementary-features", "When one class's activation map retracts from a perturbed pixel, "
+              "another class's map focuses on it (complementary features).", "§4.2", (
+                  Test(f"Spearman ρ(Δ AM {last} near-mass w.r.t. C, w.r.t. Ĉ) < 0", "correlation", "pixel",
+                       f"{cam}:d_near:c", f"{cam}:d_near:d", -1),)),
+        Claim("attacks-differ", "PGD and Pixel Attack change saliency and activation maps differently.",
+              "§4.2; conclusions", (
+                  Test("share of compared metrics with a significant PGD–Pixel difference ≥ 0.5", "count",
+                       "pgd", "", threshold=0.5),)),
+        Claim("not-naive", "Adversarial examples do not fool the network naively: they distort its saliency "
+              "(more than a random perturbation of the same budget).", "conclusions", (
+                  Test("PGD: SM rank corr. w.r.t. C, x vs random control > x vs x̂", "paired", "pgd",
+                       "sm:rank:true_ctrl", "sm:rank:true"),
+                  Test("Pixel: SM rank corr. w.r.t. C, x vs random control > x vs x̂", "paired", "pixel",
+                       "sm:rank:true_ctrl", "sm:rank:true"))),
+    ]
+    if inner:
+        out += [
+            Claim("pgd-inner-lose-true", "PGD makes intermediate layers lose attention for the correct "
+                  "class.", "abstract; conclusions", tuple(
+                      Test(f"AM {lay} energy w.r.t. C: x̂ < x", "paired", "pgd",
+                           f"cam:{lay}:energy:a_c", f"cam:{lay}:energy:x_c", -1) for lay in inner)),
+            Claim("pgd-inner-gain-adv",
+                  "…while intermediate layers gain attention for the misclassified class.",
+                  "conclusions", tuple(
+                      Test(f"AM {lay} energy w.r.t. Ĉ: x̂ > x", "paired", "pgd",
+                           f"cam:{lay}:energy:a_d", f"cam:{lay}:energy:x_d") for lay in inner)),
+            Claim("pixel-inner-roi", "Pixel Attack changes the region of attention of intermediate "
+                  "convolution layers (more than random pixels do).", "conclusions", tuple(
+                      Test(f"AM {lay} IoU w.r.t. C: x vs random control > x vs x̂", "paired", "pixel",
+                           f"cam:{lay}:iou:true_ctrl", f"cam:{lay}:iou:true") for lay in inner)),
+        ]
+    return out
+
+
+def comparison_metrics(layers: list[str]) -> dict[str, str]:
+    """The headline metrics compared between PGD and Pixel Attack: name → description."""
+    last = layers[-1]
+    out = {
+        "sm:d_entropy:pred": "Δ SM entropy (x:C → x̂:Ĉ)",
+        "sm:d_spread:pred": "Δ SM spread, px (x:C → x̂:Ĉ)",
+        "sm:iou:pred": "SM top-k IoU (x:C, x̂:Ĉ)",
+        "sm:rank:pred": "SM rank corr. (x:C, x̂:Ĉ)",
+        "sm:rank:true": "SM rank corr. w.r.t. C (x, x̂)",
+        "sm:com:pred": "SM centre-of-mass shift, px (x:C → x̂:Ĉ)",
+        "sm:d_near:pred": "Δ SM mass near perturbed px (x:C → x̂:Ĉ)",
+        f"cam:{last}:iou:pred": f"AM {last} IoU (x:C, x̂:Ĉ)",
+        f"cam:{last}:peak:true": f"AM {last} peak shift w.r.t. C, px",
+        f"cam:{last}:d_near:pred": f"Δ AM {last} mass near perturbed px (x:C → x̂:Ĉ)",
+    }
+    for lay in layers:
+        out[f"cam:{lay}:retained:c"] = f"retained AM {lay} energy w.r.t. C (x̂/x)"
+        out[f"cam:{lay}:retained:d"] = f"AM {lay} energy gain w.r.t. Ĉ (x̂/x)"
+    return out
+
+
+def _outcome(res: dict[str, Any], direction: int, cfg: Config, p_key: str = "p_holm") -> str:
+    if res.get("n", 0) < cfg.min_examples:
+        return "untestable"
+    p, eff = res.get(p_key, math.nan), res.get("effect", math.nan)
+    if not (np.isfinite(p) and np.isfinite(eff)) or p >= cfg.alpha:
+        return "inconclusive"
+    bound = 0.1 if res.get("kind") == "correlation" else cfg.min_effect  # |ρ| ≥ 0.1: Cohen's "small"
+    if abs(eff) < bound:
+        return "inconclusive"
+    return "confirmed" if np.sign(eff) == direction else "contradicted"
+
+
+def verdict(outcomes: list[str]) -> str:
+    """supported / not supported / mixed / not testable from the outcomes of a claim's tests."""
+    testable = [o for o in outcomes if o != "untestable"]
+    if not testable:
+        return "not testable"
+    confirmed = sum(o == "confirmed" for o in testable)
+    if confirmed == len(testable):
+        return "supported"
+    return "not supported" if confirmed == 0 else "mixed"
+
+
+def evaluate_claims(metrics: dict[str, dict[str, np.ndarray]], cfg: Config, layers: list[str],
+                    comparison: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Run every claim's tests on per-image ``metrics[group][metric]`` arrays and assign verdicts."""
+    rows: list[dict[str, Any]] = []
+    flat: list[dict[str, Any]] = []
+    for claim in claims(layers, cfg.destroy_ratio):
+        tests = []
+        for t in claim.tests:
+            g = metrics.get(t.group, {})
+            missing = {"n": 0, "effect": math.nan, "estimate": math.nan, "p": math.nan}
+            if t.kind == "paired":
+                res = paired_test(g[t.a], g[t.b]) if t.a in g and t.b in g else missing
+            elif t.kind == "groups":
+                gb = metrics.get(t.group_b, {})
+                res = groups_test(g[t.a], gb[t.a]) if t.a in g and t.a in gb else missing
+            elif t.kind == "correlation":
+                res = correlation_test(g[t.a], g[t.b]) if t.a in g and t.b in g else missing
+            elif t.kind == "threshold":
+                res = median_bootstrap(g[t.a], cfg.bootstrap, cfg.seed) if t.a in g else dict(missing)
+            elif t.kind == "count":
+                rows_c = (comparison or {}).get("rows", [])
+                share = float(np.mean([r["outcome"] == "differs" for r in rows_c])) if rows_c else math.nan
+                res = {"n": min((r["n"] for r in rows_c), default=0), "estimate": share, "effect": math.nan,
+                       "p": math.nan}
+            else:
+                raise ValueError(f"unknown test kind {t.kind!r}")
+            entry = {"label": t.label, "kind": t.kind, "group": t.group, "group_b": t.group_b, "a": t.a,
+                     "b": t.b, "direction": t.direction, "threshold": t.threshold, **res}
+            tests.append(entry)
+            flat.append(entry)
+        rows.append({"id": claim.id, "claim": claim.text, "source": claim.source, "tests": tests})
+    # the Holm family: every p-valued test with enough examples (untestable ones are not tests at all)
+    testable = [e for e in flat if e["kind"] in ("paired", "groups", "correlation")]
+    family = [e for e in testable if e["n"] >= cfg.min_examples]
+    for e in testable:
+        e["p_holm"] = math.nan
+    for e, p in zip(family, holm([e["p"] for e in family]), strict=True):
+        e["p_holm"] = p
+    for e in flat:
+        if e["kind"] in ("paired", "groups", "correlation"):
+            e["outcome"] = _outcome(e, e["direction"], cfg)
+        elif e["kind"] == "threshold":
+            if e["n"] < cfg.min_examples:
+                e["outcome"] = "untestable"
+            elif (e["hi"] < e["threshold"]) if e["direction"] < 0 else (e["lo"] > e["threshold"]):
+                e["outcome"] = "confirmed"
+            elif (e["lo"] > e["threshold"]) if e["direction"] < 0 else (e["hi"] < e["threshold"]):
+                e["outcome"] = "contradicted"
+            else:
+                e["outcome"] = "inconclusive"
+        else:  # count
+            if e["n"] < cfg.min_examples or not np.isfinite(e["estimate"]):
+                e["outcome"] = "untestable"
+            else:
+                e["outcome"] = "confirmed" if e["estimate"] >= e["threshold"] else "contradicted"
+    for row in rows:
+        row["verdict"] = verdict([t["outcome"] for t in row["tests"]])
+    return rows
+
+
+def compare_attacks(metrics: dict[str, dict[str, np.ndarray]], cfg: Config,
+                    layers: list[str]) -> dict[str, Any]:
+    """PGD vs Pixel Attack on every headline metric: Mann-Whitney U, Cliff's δ, Holm over the table."""
+    rows = []
+    for key, label in comparison_metrics(layers).items():
+        a, b = metrics.get("pgd", {}).get(key), metrics.get("pixel", {}).get(key)
+        if a is None or b is None:
+            continue
+        res = groups_test(a, b)
+        rows.append({"metric": key, "label": label, "pgd": mean_ci(a), "pixel": mean_ci(b), **res})
+    for r, p in zip(rows, holm([r["p"] for r in rows]), strict=True):
+        r["p_holm"] = p
+        ok = (r["n"] >= cfg.min_examples and np.isfinite(p) and p < cfg.alpha
+              and abs(r["effect"]) >= cfg.min_effect)
+        r["outcome"] = "differs" if ok else ("untestable" if r["n"] < cfg.min_examples else "no difference")
+    return {"rows": rows}
+
+
+# ------------------------------------------------------------------------------------------------ tables
+def metric_arrays(payload: Stage | dict[str, Any]) -> dict[str, np.ndarray]:
+    """The per-image metrics of a metrics stage, name → array (no entries for an attack without successes)."""
+    items = payload.payload.items() if isinstance(payload, Stage) else payload.items()
+    return {k[2:]: v.numpy() for k, v in items if k.startswith("m:")}
+
+
+def pool_pixel_attacks(per_k: dict[int, Stage | dict[str, Any]]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """One Pixel Attack example per image: the successful run with the fewest pixels. ``per_k[k]`` holds the
+    image ``index`` and the metrics of the run with k pixels. Returns the pooled metric arrays and, per pooled
+    example, its pixel count."""
+    chosen: dict[int, tuple[int, int]] = {}  # image index → (pixels, row in that run's metrics)
+    for k in sorted(per_k):
+        for row, i in enumerate(per_k[k]["index"].tolist()):
+            chosen.setdefault(int(i), (k, row))
+    order = sorted(chosen)
+    arrays = {k: metric_arrays(p) for k, p in per_k.items()}
+    used = [set(arrays[k]) for k in {k for k, _ in chosen.values()}]  # runs without successes have no metrics
+    names = set.intersection(*used) if used else set()
+    pooled = {m: np.array([arrays[chosen[i][0]][m][chosen[i][1]] for i in order], dtype=float) for m in names}
+    return pooled, np.array([chosen[i][0] for i in order])
+
+
+def distribution_metrics(layers: list[str]) -> list[str]:
+    """The metrics whose per-image values go into results (the report's distribution plots)."""
+    last = layers[-1]
+    return (["sm:d_entropy:pred", "sm:iou:pred", "sm:rank:true", "sm:com:pred", "sm:near:a_d", "sm:near:x_c",
+             f"cam:{last}:iou:pred", f"cam:{last}:d_near:pred"]
+            + [f"cam:{lay}:retained:c" for lay in layers] + [f"cam:{lay}:retained:d" for lay in layers])
+
+
+def attack_row(spec: dict[str, Any], adv: Stage, maps: Stage) -> dict[str, Any]:
+    """One attack's line of the attacks table: success, norms, queries, control flips and timings."""
+    succ = adv["success"].bool()
+    row = {"spec": spec, "n_attacked": len(succ), "n_success": int(succ.sum()),
+           "success_rate": float(succ.float().mean()), "seconds": float(adv["seconds"]),
+           "cpu_seconds": float(adv["cpu_seconds"]),
+           "mean_linf": float(adv["linf"][succ].mean()) if succ.any() else math.nan,
+           "mean_l0": float(adv["l0"][succ].mean()) if succ.any() else math.nan,
+           "control_flips": maps.get("control_flips", math.nan),
+           "maps_seconds": float(maps["seconds"]), "maps_cpu_seconds": float(maps["cpu_seconds"])}
+    if "queries" in adv:
+        row["mean_queries"] = float(adv["queries"].mean())
+        row["mean_queries_success"] = float(adv["queries"][succ].mean()) if succ.any() else math.nan
+    return row
+
+
+def analyse(cfg: Config, layers: list[str], specs: dict[str, dict[str, Any]], adv: dict[str, Stage],
+            maps: dict[str, Stage], metrics: dict[str, Stage]) -> dict[str, Any]:
+    """The results' tables and verdicts from the stored stages: attacks, the pooled Pixel Attack group,
+    aggregates (mean [95% CI], median) per group, distributions, PGD vs Pixel Attack, and the claims."""
+    groups: dict[str, dict[str, np.ndarray]] = {name: metric_arrays(m) for name, m in metrics.items()}
+    per_k = {int(k): metrics[f"pixel{k}"] for k in cfg.pixel.pixels}
+    pooled, pixels_used = pool_pixel_attacks(per_k)
+    groups["pixel"] = pooled
+    comparison = compare_attacks(groups, cfg, layers)
+    return {
+        "layers": layers,
+        "attacks": {name: attack_row(spec, adv[name], maps[name]) for name, spec in specs.items()},
+        "pixel_pool": {"n": len(pixels_used),
+                       "pixels": {str(k): int((pixels_used == k).sum()) for k in cfg.pixel.pixels}},
+        "aggregates": {g: {m: mean_ci(v) for m, v in sorted(arrs.items())} for g, arrs in groups.items()},
+        "distributions": {g: {m: [float(v) for v in groups[g].get(m, [])] for m in distribution_metrics(layers)}
+                          for g in groups},
+        "comparison": comparison,
+        "claims": evaluate_claims(groups, cfg, layers, comparison),
+        "chance_iou": chance_iou(cfg.top_fraction),
+    }
+
+
+def summary(results: dict[str, Any]) -> list[str]:
+    """The command line's few lines about a finished run."""
+    lines = [f"classifier test accuracy {results['classifier']['test']['accuracy']:.4f}"]
+    for name, a in results["attacks"].items():
+        lines.append(f"{name:<8} success {a['n_success']}/{a['n_attacked']} ({a['success_rate']:.2f})")
+    counts: dict[str, int] = {}
+    for c in results["claims"]:
+        counts[c["verdict"]] = counts.get(c["verdict"], 0) + 1
+    lines.append("claims: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    return lines
