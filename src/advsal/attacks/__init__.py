@@ -23,6 +23,7 @@ from .gradient import BIM, FGSM, PGD
 from .jsma import JSMA
 from .pixel import PixelAttack
 from .registry import ATTACKS, PRESETS, attack_parameters, make_attack
+from .specs import ATTACK_SPECS, AttackSpec, attack_spec, display_name, register_attack_spec  # noqa: F401
 from .targets import least_likely_targets, random_targets
 
 __all__ = ["ATTACKS", "BIM", "FGSM", "JSMA", "L0_TOLERANCE", "PGD", "PRESETS", "AdaptiveResult",

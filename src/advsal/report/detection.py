@@ -7,12 +7,10 @@ from typing import Any
 
 import numpy as np
 
+from ..attacks.specs import display_name
 from .charts import matrix_heatmap, roc_plot
 from .document import Report
 from .figures import saliency_grid
-
-NICE = {"fgsm": "FGSM", "bim": "Iterative L∞", "bim-l2": "Iterative L2", "pgd": "PGD L∞", "pgd-l2": "PGD L2",
-        "cw": "C&W L2", "jsma": "JSMA", "deepfool": "DeepFool"}
 
 #: Seed 001 Table II, MNIST and CIFAR-10 rows (FGSM / Iterative L∞ / Iterative L2 / C&W).
 PAPER_TABLE2 = {
@@ -31,16 +29,9 @@ PAPER_TABLE3_MNIST = {
 # Below/above-diagonal mean accuracies closer than this are not read as a difference (each cell is a detection
 # accuracy on a few hundred images, so its standard error is about 0.02).
 GENERALISATION_MARGIN = 0.05
-BASELINE_NAMES = {"image": "image only (Gong et al. '1+1')", "saliency": "saliency only (ablation)",
-                  "n-plus-one": "N+1-class classifier (Grosse et al.)",
-                  "metzen": "inner feature maps (Metzen et al.)", "first-layer": "first-layer feature maps (seed 001)"}
 
 
-def _nice(name: str) -> str:
-    return NICE.get(name, name)
-
-
-def _examples_figure(run_dir: Path, path: Path) -> Path | None:
+def _examples_figure(run_dir: Path, path: Path, _nice) -> Path | None:
     stored = run_dir / "examples.safetensors"
     if not stored.is_file():
         return None
@@ -59,20 +50,30 @@ def _examples_figure(run_dir: Path, path: Path) -> Path | None:
 
 
 def render_detection_report(run_dir: Path, results: dict[str, Any]) -> tuple[Path, Path]:
+    """report.md / report.html of a detection run, from its results only (display names: the attack and
+    detector registries, as recorded in the results at run time)."""
     fig_dir = run_dir / "figures"
     cfg = results["config"]
+    names = results.get("names", {})
+    attack_names, detector_names = names.get("attacks", {}), names.get("detectors", {})
+
+    def _nice(name: str) -> str:
+        return attack_names.get(name) or display_name(name)
+
     rep = Report("Saliency-based adversarial detection — study report")
     clf = results["classifier"]
+    trained = (f"given as is ({clf['architecture']})" if clf.get("given") else
+               f"{clf['architecture']} trained {clf['epochs_run']} epochs (train accuracy "
+               f"{clf['train_accuracy']:.4f})")
     rep.paragraph(f"Reproduces and extends seed 001 (Detecting adversarial perturbations with saliency) on "
                   f"{cfg['data']['name']}: {results['data']['train']}; {results['data']['test']}. "
-                  f"Classifier F = {clf['architecture']} trained {clf['epochs_run']} epochs "
-                  f"(train accuracy {clf['train_accuracy']:.4f}, test accuracy {clf['test']['accuracy']:.4f}). "
+                  f"Classifier F = {trained}, test accuracy {clf['test']['accuracy']:.4f}. "
                   f"Detector D = {cfg['detector']['architecture']} on image ⊕ gradient saliency "
                   f"(score '{cfg['saliency_score']}', class '{cfg['saliency_target']}'), Adam lr "
                   f"{cfg['detector']['lr']}, {cfg['detector']['epochs']} epochs, trained on {cfg['n_train']} clean "
                   f"training images and their adversarial versions; evaluated on {cfg['n_test']} test images.")
 
-    rep.heading("Attack budgets (minimal ε with F's accuracy below 30%, seed 001 §IV-B)")
+    rep.heading(f"Attack budgets (minimal ε with F's accuracy below {cfg['max_accuracy']:.0%}, seed 001 §IV-B)")
     rows = []
     for name, a in results["attacks"].items():
         eps = results["epsilons"].get(name, {})
@@ -81,7 +82,8 @@ def render_detection_report(run_dir: Path, results: dict[str, Any]) -> tuple[Pat
                      a["test"]["mean_l0"], a["train"]["images_per_second"]])
     rep.table(["attack", "ε", "F acc. at ε (search set)", "success on correct", "F acc. under attack",
                "mean L∞", "mean L2", "mean L0 (pixels)", "craft images/s"], rows,
-              caption="ε chosen by bisection on the search set; C&W and JSMA are unbounded (no ε).")
+              caption="ε chosen by bisection on the search set; attacks without ε (e.g. C&W, JSMA) are not "
+                      "budget-searched.")
 
     rep.heading("Table II — detection per attack (paper layout)")
     rep.paragraph("f(x_test): F's accuracy on clean test images; f(x_adv): F's accuracy on their adversarial "
@@ -106,12 +108,13 @@ def render_detection_report(run_dir: Path, results: dict[str, Any]) -> tuple[Pat
     if any(results["baselines"].values()):
         rep.heading("Baselines and ablations (same data and protocol)")
         rows = []
+        main = detector_names.get("image+saliency", "image ⊕ saliency (seed 001)")
         for name, r in results["table2"].items():
-            rows.append(["image ⊕ saliency (seed 001)", _nice(name), r["d_clean"], r["d_adv"], r["auroc"],
+            rows.append([main, _nice(name), r["d_clean"], r["d_adv"], r["auroc"],
                          r["tpr_at_fpr"]])
         for kind, per_attack in results["baselines"].items():
             for name, r in per_attack.items():
-                rows.append([BASELINE_NAMES.get(kind, kind), _nice(name), r["d_clean"], r["d_adv"], r["auroc"],
+                rows.append([detector_names.get(kind, kind), _nice(name), r["d_clean"], r["d_adv"], r["auroc"],
                              r["tpr_at_fpr"]])
         rep.table(["detector", "attack", "D(x_test)", "D(x_adv)", "AUROC", f"TPR@{cfg['fpr']:.0%}FPR"], rows)
 
@@ -186,7 +189,7 @@ def render_detection_report(run_dir: Path, results: dict[str, Any]) -> tuple[Pat
         rep.paragraph(f"Mean correlation per layer (shallow → deep): "
                       f"{', '.join(f'{v:.3f}' for v in np.nanmean(corr, 0))}. Similarity {verdict}.")
 
-    examples = _examples_figure(run_dir, fig_dir / "examples.png")
+    examples = _examples_figure(run_dir, fig_dir / "examples.png", _nice)
     if examples is not None:
         rep.heading("Examples (seed 001 Fig. 1 layout)")
         rep.figure(examples, "One successful adversarial example per attack: clean and adversarial image with "

@@ -1,0 +1,102 @@
+"""From the detection study's stored stages to its results: Table II rows, baselines, ROC curves, the matrices,
+the second-round rows and the layer table (plain data for results.json and the report)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ...attacks.specs import display_name
+from ...detection import metrics as dm
+from ...store import Stage
+from .registry import MAIN_DETECTOR, detector_display
+from .steps import Part, TrainedDetector, part
+
+
+def correct_head(test: Part, adv_test: Stage, n: int) -> Part:
+    """The first ``n`` test images F classifies correctly (the second round attacks only those)."""
+    correct = (adv_test["pred_clean"] == test.y).nonzero().flatten()[:n]
+    return part("second-round-images", test.images.subset(correct))
+
+
+def attack_summary(adv: Stage) -> dict[str, Any]:
+    y = adv["y"]
+    correct = adv["pred_clean"] == y
+    succ = adv["success"].bool()
+    return {"n": len(y), "success_rate": float(succ.float().mean()),
+            "success_rate_on_correct": float(succ[correct].float().mean()) if correct.any() else float("nan"),
+            "accuracy_under_attack": float((adv["pred"] == y).float().mean()),
+            "mean_linf": float(adv["linf"].mean()), "mean_l2": float(adv["l2"].mean()),
+            "mean_l0": float(adv["l0"].mean()), "seconds": float(adv["seconds"]),
+            "images_per_second": float(adv["images_per_second"])}
+
+
+def table_row(scores_clean: np.ndarray, scores_adv: np.ndarray, threshold: float, f_clean: float, f_adv: float,
+              restrict_clean: np.ndarray, restrict_adv: np.ndarray, fpr: float) -> dict[str, Any]:
+    """Seed 001 Table II quantities plus AUROC / TPR at ``fpr``; 'restricted' = successful adversarial examples
+    of correctly classified images vs those same clean images."""
+    rates = dm.detection_rates(scores_clean, scores_adv, threshold)
+    labels = np.r_[np.zeros(len(scores_clean)), np.ones(len(scores_adv))]
+    scores = np.r_[scores_clean, scores_adv]
+    row = {"f_clean": f_clean, "f_adv": f_adv, "d_clean": rates.clean_as_clean, "d_adv": rates.adv_as_adv,
+           "accuracy": rates.accuracy, "auroc": dm.auroc(scores, labels),
+           "tpr_at_fpr": dm.tpr_at_fpr(scores, labels, fpr),
+           "n_clean": len(scores_clean), "n_adv": len(scores_adv)}
+    rc, ra = scores_clean[restrict_clean], scores_adv[restrict_adv]
+    if len(rc) and len(ra):
+        r_rates = dm.detection_rates(rc, ra, threshold)
+        rl = np.r_[np.zeros(len(rc)), np.ones(len(ra))]
+        row["restricted"] = {"d_clean": r_rates.clean_as_clean, "d_adv": r_rates.adv_as_adv,
+                             "auroc": dm.auroc(np.r_[rc, ra], rl), "tpr_at_fpr": dm.tpr_at_fpr(np.r_[rc, ra], rl, fpr),
+                             "n_clean": len(rc), "n_adv": len(ra)}
+    return row
+
+
+def detector_row(trained: TrainedDetector, test: Part, adv_test: Stage, fpr: float) -> dict[str, Any]:
+    correct = (adv_test["pred_clean"] == test.y).numpy()
+    f_clean = float(correct.mean())
+    f_adv = float((adv_test["pred"] == test.y).float().mean())
+    restrict_adv = correct & adv_test["success"].numpy().astype(bool)
+    st = trained.stage
+    return table_row(st["scores_clean"].numpy(), st["scores_adv"].numpy(), st["threshold"], f_clean, f_adv,
+                     correct, restrict_adv, fpr)
+
+
+def roc_curve(trained: TrainedDetector, points: int = 200) -> dict[str, Any]:
+    """ROC curve (at most ``points`` points) and AUROC from a detector stage's stored test scores."""
+    clean, adv = trained.stage["scores_clean"].numpy(), trained.stage["scores_adv"].numpy()
+    labels = np.r_[np.zeros(len(clean)), np.ones(len(adv))]
+    fpr, tpr, _ = dm.roc_curve(np.r_[clean, adv], labels)
+    keep = np.unique(np.linspace(0, len(fpr) - 1, min(len(fpr), points)).astype(int))
+    return {"fpr": fpr[keep].tolist(), "tpr": tpr[keep].tolist(), "auroc": dm.auroc(np.r_[clean, adv], labels)}
+
+
+def results(cfg: Any, test: Part, eps: dict[str, Stage], adv_train: dict[str, Stage], adv_test: dict[str, Stage],
+            detectors: dict[str, TrainedDetector], baselines: dict[str, dict[str, TrainedDetector]], cross: Stage,
+            eps_matrices: dict[str, Stage], budget: float, second: list[Stage], layers: Stage) -> dict[str, Any]:
+    """The study's results (everything but the classifier, data and provenance, which the engine adds)."""
+    attacks = {}
+    for a in adv_test:
+        attacks[a] = {"params": {**cfg.attacks[a], **({"eps": eps[a]["eps"]} if a in eps else {})},
+                      "train": attack_summary(adv_train[a]), "test": attack_summary(adv_test[a])}
+    g = cfg.generalisation
+    return {
+        "names": {"attacks": {a: display_name(a) for a in adv_test},
+                  "detectors": {k: detector_display(k) for k in [MAIN_DETECTOR, *baselines]}},
+        "epsilons": {a: {k: st[k] for k in ("eps", "accuracy", "probes")} for a, st in eps.items()},
+        "attacks": attacks,
+        "table2": {a: detector_row(d, test, adv_test[a], cfg.fpr) for a, d in detectors.items()},
+        "baselines": {kind: {a: detector_row(d, test, adv_test[a], cfg.fpr) for a, d in per.items()}
+                      for kind, per in baselines.items()},
+        "roc": {a: roc_curve(d) for a, d in detectors.items()},
+        "cross_attack": {"attacks": list(detectors), "matrix": cross["matrix"]},
+        "generalisation_eps": {a: {"eps_factors": list(g.eps_factors),
+                                   "eps": [float(eps[a]["eps"]) * f for f in g.eps_factors],
+                                   "matrix": m["matrix"]} for a, m in eps_matrices.items()},
+        "second_round": {"eps": budget, "attack_detector": cfg.second_round.attack,
+                         "rows": [{k: st[k] for k in ("attack", "f_fooled", "d_says_clean", "both", "mean_linf",
+                                                      "mean_l2", "n")} for st in second]},
+        "layers": {"layers": layers["layers"], "by_attack": layers["by_attack"]},
+    }
+

@@ -1,0 +1,286 @@
+"""The detection study's steps, each a stage of the run store: what it computes, from which inputs.
+
+Every function takes the study :class:`~advsal.studies.engine.Context` (store, device, classifier F and its node)
+and the nodes its stage reads; the stage key follows from them, so e.g. an adversarial set depends on the ε
+stage it was crafted with and a detector on the adversarial sets it is trained and scored on. Computations run
+on ``ctx.device``; payloads are stored on the CPU.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ...attacks import AdaptiveSaliencyAttack, MetzenAttack, attack_detector_pair, minimal_epsilon
+from ...attacks.specs import AttackSpec
+from ...data import ImageSet, subset
+from ...detection import metrics as dm
+from ...detection.protocol import Detector
+from ...saliency import grad_cam_layers, gradient
+from ...store import Source, Stage, save_tensors
+from ...tensors import map_batches, predict_logits
+from ..engine import Context
+from .registry import DetectorSpec
+
+ATTACK_BATCH = 250  # images per attack chunk (memory only; results do not depend on it)
+SALIENCY_BATCH = 500
+
+
+@dataclass(frozen=True)
+class Part:
+    """Images the study draws from the data, with the :class:`Source` node that identifies their content."""
+
+    images: ImageSet
+    node: Source
+
+    @property
+    def x(self) -> Tensor:
+        return self.images.x
+
+    @property
+    def y(self) -> Tensor:
+        return self.images.y
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def head(self, n: int, name: str) -> Part:
+        """The first ``n`` images (all when ``n`` is None or larger)."""
+        if n is None or n >= len(self):
+            return self
+        return part(name, self.images.subset(range(n)))
+
+
+def part(name: str, images: ImageSet) -> Part:
+    return Part(images, Source.of(name, images.x, images.y))
+
+
+def draw(name: str, data: ImageSet, n: int, seed: int) -> Part:
+    """``n`` images of ``data``, class-stratified, drawn with ``seed`` (all of them when ``n`` ≥ its size)."""
+    return part(name, subset(data, n, seed))
+
+
+# ------------------------------------------------------------------------------------------------ Step 1
+def search_epsilon(ctx: Context, spec: AttackSpec, params: dict[str, Any], search: Part,
+                   max_accuracy: float) -> Stage:
+    """Seed 001 §IV-B: the minimal ε bringing F's accuracy on ``search`` below ``max_accuracy`` (bisection)."""
+    lo, hi = spec.eps_bracket
+
+    def compute() -> dict[str, Any]:
+        x, y = search.x.to(ctx.device), search.y.to(ctx.device)
+        found = minimal_epsilon(lambda eps: spec.build(params, eps), ctx.model, x, y, max_accuracy=max_accuracy,
+                                lo=lo, hi=hi)
+        return {"eps": float(found.eps), "accuracy": float(found.accuracy),
+                "probes": [[float(e), float(a)] for e, a in found.curve]}
+
+    return ctx.stage(f"eps-{spec.name}", compute, inputs=[ctx.classifier, search.node],
+                     params={"attack": params, "bracket": [lo, hi], "max_accuracy": max_accuracy})
+
+
+def craft(ctx: Context, spec: AttackSpec, params: dict[str, Any], eps: Stage | None, images: Part, split: str,
+          seed: int, eps_factor: float = 1.0) -> Stage:
+    """An adversarial set: ``spec``'s attack with ``params`` at budget ``eps_factor`` × ε (from the ``eps``
+    stage; no budget when None) on ``images``; targets by the spec's policy, seeded. Stores x_adv, per-image
+    success, prediction and norms, and F's clean prediction."""
+
+    def compute() -> dict[str, Any]:
+        model, x, y = ctx.model, images.x.to(ctx.device), images.y.to(ctx.device)
+        budget = None if eps is None else float(eps["eps"]) * eps_factor
+        attack = spec.build(params, budget, batch_size=ATTACK_BATCH)
+        targets = spec.choose_targets(model, x, y, seed)
+        start = time.perf_counter()
+        res = attack(model, x, y, targets=targets)
+        seconds = time.perf_counter() - start
+        return {"x_adv": res.x_adv.cpu(), "success": res.success.cpu(), "pred": res.pred.cpu(),
+                "linf": res.linf.cpu(), "l2": res.l2.cpu(), "l0": res.l0.float().cpu(),
+                "y": images.y, "pred_clean": predict_logits(model, x).argmax(1).cpu(), "eps": budget,
+                "seconds": seconds, "images_per_second": len(x) / max(seconds, 1e-9)}
+
+    inputs = [ctx.classifier, images.node] + ([eps] if eps is not None else [])
+    stage_params = {"attack": params, "seed": seed, **({"eps_factor": eps_factor} if eps is not None else {})}
+    return ctx.stage(f"adv-{spec.name}-{split}", compute, inputs=inputs, params=stage_params)
+
+
+# ------------------------------------------------------------------------------------------------ Steps 2-3
+@dataclass
+class TrainedDetector:
+    """A detector stage (its test scores) and, loaded only when a later stage needs it, the detector."""
+
+    stage: Stage
+    spec: DetectorSpec
+    ctx: Context
+    cfg: Any
+
+    @cached_property
+    def detector(self) -> Detector:
+        payload = self.stage.payload
+        if "feature_shape" not in payload:
+            raise ValueError(f"detector {self.spec.name!r} cannot be restored from its stage (it is not an "
+                             "nn.Module with a state dict)")
+        det = self.spec.factory(self.ctx.model, self.cfg)
+        build = getattr(det, "build", None)
+        if callable(build):
+            build(tuple(payload["feature_shape"]))
+        det.load_state_dict({k[2:]: v for k, v in payload.items() if k.startswith("d.")})
+        return det.eval()
+
+
+def train_detector(ctx: Context, spec: DetectorSpec, cfg: Any, name: str, train: Part, adv_train: Stage,
+                   test: Part, adv_test: Stage, rows: tuple[int, int] | None = None) -> TrainedDetector:
+    """Seed 001 Steps 2–3 (or a baseline): fit ``spec``'s detector on ``train`` (rows ``rows`` of it) and its
+    adversarial versions, then score ``test`` and its adversarial versions. The saliency S = ∂F_c/∂x is
+    computed inside the detector (its input is image ⊕ S)."""
+    fit_options = spec.training(cfg)
+    det = spec.factory(ctx.model, cfg)
+
+    def compute() -> dict[str, Any]:
+        sl = slice(*rows) if rows else slice(None)
+        x_clean = train.x[sl].to(ctx.device)
+        x_adv = adv_train["x_adv"][sl].to(ctx.device) if spec.adversarial else None
+        labels = {"y_clean": train.y[sl].to(ctx.device)} if spec.labels else {}
+        start = time.perf_counter()
+        det.fit(x_clean, x_adv, **labels, **fit_options)
+        out: dict[str, Any] = {"fit_seconds": time.perf_counter() - start, "threshold": float(det.threshold),
+                               "scores_clean": det.score(test.x.to(ctx.device)).cpu(),
+                               "scores_adv": det.score(adv_test["x_adv"].to(ctx.device)).cpu()}
+        if isinstance(det, torch.nn.Module):
+            out |= {f"d.{k}": v.cpu() for k, v in det.state_dict().items()}
+            if hasattr(det, "build_features"):
+                out["feature_shape"] = list(det.build_features(x_clean[:1]).shape[1:])
+        return out
+
+    inputs = [ctx.classifier, train.node, test.node, adv_test] + ([adv_train] if spec.adversarial else [])
+    params = {"detector": det.params(), "fit": fit_options, "rows": list(rows) if rows else None}
+    return TrainedDetector(ctx.stage(name, compute, inputs=inputs, params=params), spec, ctx, cfg)
+
+
+# ------------------------------------------------------------------------------------------------ Step 6
+def score_matrix(ctx: Context, name: str, detectors: list[TrainedDetector], tests: list[Stage]) -> Stage:
+    """Detection accuracy (balanced) of detector i on adversarial set j, with detector i's stored clean scores.
+
+    All detectors must share one feature setting (``params()``): each test set's detector input (one forward +
+    backward of F) is built once and fed to every detector."""
+
+    def compute() -> dict[str, Any]:
+        dets = [d.detector for d in detectors]
+        if any(det.params() != dets[0].params() for det in dets[1:]):
+            raise ValueError("score_matrix needs detectors with one classifier and one feature setting")
+        matrix = [[0.0] * len(tests) for _ in dets]
+        for j, test in enumerate(tests):
+            feats = dets[0].build_features(test["x_adv"].to(ctx.device))
+            for i, (trained, det) in enumerate(zip(detectors, dets, strict=True)):
+                s_adv = det.score_features(feats).cpu().numpy()
+                clean = trained.stage["scores_clean"].numpy()
+                matrix[i][j] = dm.detection_rates(clean, s_adv, det.threshold).accuracy
+        return {"matrix": matrix}
+
+    return ctx.stage(name, compute, inputs=[*(d.stage for d in detectors), *tests])
+
+
+# ------------------------------------------------------------------------------------------------ Step 7
+def second_round_attack(ctx: Context, label: str, attack: Any, detector: TrainedDetector, images: Part,
+                        params: dict[str, Any], inputs: list[Any],
+                        evaluate_on: TrainedDetector | None = None) -> Stage:
+    """``attack`` on F (and, if it is adaptive, ``detector``) for ``images``, scored against ``evaluate_on``
+    (default ``detector``) with :func:`advsal.attacks.attack_detector_pair`."""
+
+    def compute() -> dict[str, Any]:
+        x, y = images.x.to(ctx.device), images.y.to(ctx.device)
+        judge = evaluate_on or detector
+        res = attack_detector_pair(attack, ctx.model, detector.detector, x, y, evaluate_on=judge.detector)
+        return {"attack": label, "f_fooled": float(res.fooled_f.float().mean()),
+                "d_says_clean": float(res.evaded_d.float().mean()), "both": float(res.both.float().mean()),
+                "mean_linf": float(res.linf.mean()), "mean_l2": float(res.l2.mean()), "n": len(x)}
+
+    nodes = [ctx.classifier, detector.stage, images.node, *inputs]
+    if evaluate_on is not None:
+        nodes.append(evaluate_on.stage)
+    slug = label.split(" ")[0].replace("σ", "sigma").replace("′", "'")
+    return ctx.stage(f"second-{slug}", compute, inputs=nodes, params=params)
+
+
+def metzen_attack(eps: float, steps: int, sigma: float) -> MetzenAttack:
+    return MetzenAttack(eps=eps, steps=steps, sigma=sigma)
+
+
+def adaptive_attack(eps: float, steps: int, kappa: float, beta: float) -> AdaptiveSaliencyAttack:
+    return AdaptiveSaliencyAttack(eps=eps, steps=steps, kappa=kappa, beta=beta)
+
+
+# ------------------------------------------------------------------------------------------------ Step 8
+def layer_analysis(ctx: Context, layers: list[str], test: Part, adv_tests: dict[str, Stage], n: int) -> Stage:
+    """Seed 000 §5: Grad-CAM-weighted feature maps (w.r.t. the true class) at a shallow, a middle and a deep
+    layer for clean vs adversarial inputs; per layer the mean Pearson correlation of the two maps and their
+    normalised change ‖a − c‖ / (‖a‖ + ‖c‖), over successful adversarial examples."""
+
+    def compute() -> dict[str, Any]:
+        model, distinct = ctx.model, list(dict.fromkeys(layers))
+        x, y = test.x[:n].to(ctx.device), test.y[:n].to(ctx.device)
+        cams_c = grad_cam_layers(model, x, y, layers=distinct, upsample=False)
+        out: dict[str, Any] = {}
+        for name, adv in adv_tests.items():
+            succ = adv["success"][:n].bool()
+            cams_a = grad_cam_layers(model, adv["x_adv"][:n].to(ctx.device), y, layers=distinct, upsample=False)
+            rows = {}
+            for layer in distinct:
+                c, a = cams_c[layer].cam.flatten(1).cpu(), cams_a[layer].cam.flatten(1).cpu()
+                corr = _rowwise_corr(c, a)
+                # bounded in [0, 1] (0: identical, 1: disjoint supports); ‖a − c‖ / ‖c‖ explodes where the
+                # clean map is (nearly) zero, which Grad-CAM's ReLU makes common at middle layers
+                change = (a - c).norm(dim=1) / (a.norm(dim=1) + c.norm(dim=1)).clamp_min(1e-12)
+                rows[layer] = {"correlation": float(np.nanmean(corr[succ.numpy()])) if succ.any() else float("nan"),
+                               "change": float(change[succ].mean()) if succ.any() else float("nan"),
+                               "n": int(succ.sum())}
+            out[name] = rows
+        return {"layers": layers, "by_attack": out}
+
+    return ctx.stage("layers", compute, inputs=[ctx.classifier, test.node, *adv_tests.values()],
+                     params={"layers": layers, "n": n, "attacks": list(adv_tests)})
+
+
+def _rowwise_corr(a: Tensor, b: Tensor) -> np.ndarray:
+    a = a - a.mean(1, keepdim=True)
+    b = b - b.mean(1, keepdim=True)
+    denom = a.norm(dim=1) * b.norm(dim=1)
+    corr = (a * b).sum(1) / denom.clamp_min(1e-12)
+    corr[denom < 1e-12] = float("nan")
+    return corr.numpy()
+
+
+# ------------------------------------------------------------------------------------------------ figures
+def saliency(ctx: Context, x: Tensor, y: Tensor, cfg: Any) -> Tensor:
+    """Seed 001 Eq. 5: S = ∂F_c/∂x (c = ``cfg.saliency_target``), batched, on the CPU."""
+    return map_batches(lambda s: gradient(ctx.model, x[s].to(ctx.device), cfg.saliency_target,
+                                          labels=y[s].to(ctx.device), score=cfg.saliency_score).cpu(),
+                       len(x), SALIENCY_BATCH)
+
+
+def examples(ctx: Context, run_dir: Path, test: Part, adv_tests: dict[str, Stage], cfg: Any) -> Stage:
+    """One successful adversarial example per attack with both saliency maps (seed 001 Fig. 1), stored and
+    written to ``examples.safetensors`` for the report."""
+
+    def compute() -> dict[str, Any]:
+        tensors: dict[str, Tensor] = {}
+        for name, adv in adv_tests.items():
+            ok = adv["success"].bool().nonzero().flatten()
+            if not len(ok):
+                continue
+            i = ok[:1]
+            x, xa, y = test.x[i], adv["x_adv"][i], test.y[i]
+            tensors |= {f"{name}.x": x, f"{name}.x_adv": xa, f"{name}.s": saliency(ctx, x, y, cfg),
+                        f"{name}.s_adv": saliency(ctx, xa, y, cfg), f"{name}.y": y, f"{name}.pred_adv": adv["pred"][i]}
+        return tensors
+
+    stage = ctx.stage("examples", compute, inputs=[ctx.classifier, test.node, *adv_tests.values()],
+                      params={"score": cfg.saliency_score, "target": cfg.saliency_target})
+    tensors = {k: v for k, v in stage.payload.items() if isinstance(v, Tensor)}
+    if tensors:
+        save_tensors(Path(run_dir) / "examples.safetensors", tensors)
+    return stage
