@@ -108,3 +108,47 @@ def test_sign_flip_test_degenerate_inputs():
     assert stats.paired_permutation_test(np.array([0.0, 2.0, np.nan]))["p"] == 1.0  # one non-zero difference
     empty = stats.paired_permutation_test(np.array([np.nan]))
     assert empty["n"] == 0 and math.isnan(empty["p"])
+
+
+# --- interval estimates and unpaired / correlation tests (attention study) ----------------------------------
+
+
+def test_mean_ci_is_the_student_t_interval():
+    v = np.array([2.0, 3.5, np.nan, 1.0, 4.0, 2.5])
+    out = stats.mean_ci(v)
+    f = v[np.isfinite(v)]
+    half = sp.t.ppf(0.975, len(f) - 1) * f.std(ddof=1) / math.sqrt(len(f))  # by hand
+    assert out["n"] == 5 and out["mean"] == pytest.approx(f.mean()) and out["median"] == 2.5
+    assert (out["lo"], out["hi"]) == pytest.approx((f.mean() - half, f.mean() + half))
+    assert math.isnan(stats.mean_ci(np.array([1.0]))["lo"]) and stats.mean_ci(np.array([]))["n"] == 0
+
+
+def test_groups_test_is_mann_whitney_with_cliffs_delta():
+    rng = np.random.default_rng(4)
+    a, b = rng.normal(0.5, 1, 30), rng.normal(0, 1, 25)
+    out = stats.groups_test(np.append(a, np.nan), b)
+    by_hand = np.mean(np.sign(a[:, None] - b[None, :]))  # P(a > b) − P(a < b) over all pairs
+    assert out["p"] == pytest.approx(sp.mannwhitneyu(a, b, alternative="two-sided").pvalue)
+    assert out["effect"] == pytest.approx(by_hand) and stats.cliffs_delta(a, b) == pytest.approx(by_hand)
+    assert out["estimate"] == pytest.approx(np.median(a) - np.median(b))
+    assert (out["n"], out["n_a"], out["n_b"]) == (25, 30, 25)
+    assert math.isnan(stats.groups_test(np.array([]), b)["p"])
+
+
+def test_correlation_test_is_spearman():
+    rng = np.random.default_rng(5)
+    a = rng.random(40)
+    b = a + rng.normal(0, 0.3, 40)
+    out = stats.correlation_test(a, b)
+    ranks = np.corrcoef(sp.rankdata(a), sp.rankdata(b))[0, 1]  # by hand: Pearson of the ranks
+    assert out["effect"] == pytest.approx(ranks) and out["p"] == pytest.approx(sp.spearmanr(a, b).pvalue)
+    assert math.isnan(stats.correlation_test(np.ones(5), np.arange(5.0))["p"])  # a constant side
+
+
+def test_median_bootstrap_is_scipys_percentile_bootstrap():
+    v = np.random.default_rng(6).exponential(1, 60)
+    out = stats.median_bootstrap(v, 500, seed=3)
+    ci = sp.bootstrap((v,), np.median, n_resamples=500, method="percentile",
+                      rng=np.random.default_rng(3)).confidence_interval
+    assert out["estimate"] == np.median(v) and (out["lo"], out["hi"]) == pytest.approx((ci.low, ci.high))
+    assert stats.median_bootstrap(np.full(4, 2.0), 100, seed=0) == {"n": 4, "estimate": 2.0, "lo": 2.0, "hi": 2.0}
