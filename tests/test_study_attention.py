@@ -273,6 +273,10 @@ def test_rerun_is_fully_cached_and_identical(tiny_run, tiny_data):
     (run_dir / "report.md").unlink()
     md, page = render_run(run_dir)
     assert md.is_file() and page.is_file()
+    # a user's trained model passed as model= has no training history: the report says so
+    given = {**stored, "classifier": {"architecture": "mine", "given": True, "test": stored["classifier"]["test"]}}
+    md, _ = attention.render(run_dir, given)
+    assert "Classifier mine as given" in md.read_text()
 
 
 @pytest.mark.parametrize("change, recomputed", [
