@@ -9,6 +9,8 @@ the detector as well: ``attack_detector_pair(attack, classifier, detector, x, y)
 """
 
 from .adaptive import AdaptiveResult, AdaptiveSaliencyAttack, MetzenAttack, attack_detector_pair
+from .apgd import APGD, APGDT
+from .autoattack import AutoAttack, AutoAttackResult
 from .base import L0_TOLERANCE, Attack, AttackResult, perturbation_norms
 from .carlini_wagner import CarliniWagnerL2
 from .deepfool import DeepFool
@@ -24,11 +26,11 @@ from .jsma import JSMA
 from .pixel import PixelAttack
 from .registry import ATTACKS, PRESETS, attack_parameters, make_attack
 from .specs import ATTACK_SPECS, AttackSpec, attack_spec, display_name, register_attack_spec  # noqa: F401
+from .square import Square
 from .targets import least_likely_targets, random_targets
 
-__all__ = ["ATTACKS", "BIM", "FGSM", "JSMA", "L0_TOLERANCE", "PGD", "PRESETS", "AdaptiveResult",
-           "AdaptiveSaliencyAttack", "Attack", "AttackResult", "CarliniWagnerL2", "DeepFool", "MetzenAttack",
-           "MinimalEpsilon", "PerExampleEpsilon", "PixelAttack", "attack_detector_pair", "attack_parameters",
-           "attacked_accuracy",
-           "least_likely_targets", "make_attack", "minimal_epsilon", "minimal_epsilon_per_example",
-           "perturbation_norms", "random_targets"]
+__all__ = ["APGD", "APGDT", "ATTACKS", "AutoAttack", "AutoAttackResult", "BIM", "FGSM", "JSMA", "L0_TOLERANCE",
+           "PGD", "PRESETS", "AdaptiveResult", "AdaptiveSaliencyAttack", "Attack", "AttackResult", "CarliniWagnerL2",
+           "DeepFool", "MetzenAttack", "MinimalEpsilon", "PerExampleEpsilon", "PixelAttack", "Square",
+           "attack_detector_pair", "attack_parameters", "attacked_accuracy", "least_likely_targets", "make_attack",
+           "minimal_epsilon", "minimal_epsilon_per_example", "perturbation_norms", "random_targets"]

@@ -5,20 +5,33 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+from .apgd import APGD, APGDT
+from .autoattack import AutoAttack
 from .base import Attack
 from .carlini_wagner import CarliniWagnerL2
 from .deepfool import DeepFool
 from .gradient import BIM, FGSM, PGD
 from .jsma import JSMA
 from .pixel import PixelAttack
+from .square import Square
 
 ATTACKS: dict[str, type[Attack]] = {
     "fgsm": FGSM, "bim": BIM, "bim-l2": BIM, "pgd": PGD, "pgd-l2": PGD,
     "jsma": JSMA, "cw": CarliniWagnerL2, "deepfool": DeepFool, "pixel": PixelAttack,
+    "apgd-ce": APGD, "apgd-ce-l2": APGD, "apgd-dlr": APGD, "apgd-dlr-l2": APGD, "apgd-t": APGDT,
+    "apgd-t-l2": APGDT, "square": Square, "square-l2": Square, "autoattack": AutoAttack,
+    "autoattack-l2": AutoAttack,
 }
 #: Parameters fixed by a registry name (e.g. "bim-l2" is BIM with norm="l2").
 PRESETS: dict[str, dict[str, Any]] = {"bim": {"norm": "linf"}, "bim-l2": {"norm": "l2"},
-                                      "pgd": {"norm": "linf"}, "pgd-l2": {"norm": "l2"}}
+                                      "pgd": {"norm": "linf"}, "pgd-l2": {"norm": "l2"},
+                                      "apgd-ce": {"norm": "linf", "loss": "ce"},
+                                      "apgd-ce-l2": {"norm": "l2", "loss": "ce"},
+                                      "apgd-dlr": {"norm": "linf", "loss": "dlr"},
+                                      "apgd-dlr-l2": {"norm": "l2", "loss": "dlr"},
+                                      "apgd-t": {"norm": "linf"}, "apgd-t-l2": {"norm": "l2"},
+                                      "square": {"norm": "linf"}, "square-l2": {"norm": "l2"},
+                                      "autoattack": {"norm": "linf"}, "autoattack-l2": {"norm": "l2"}}
 
 
 def attack_parameters(name: str) -> dict[str, Any]:
