@@ -101,7 +101,7 @@ def numbers(results):
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, device):
     run_dir = tmp_path_factory.mktemp("det") / "tiny"
-    results = run(tiny_config(device), run_dir)
+    run(tiny_config(device), run_dir)
     return run_dir, json.loads((run_dir / "results.json").read_text())
 
 
@@ -251,7 +251,7 @@ attack_limits: {}
 detector: {epochs: 1, batch_size: 32}
 baselines: []
 baseline_attacks: []
-generalisation: {attacks: [fgsm], eps_factors: [1.0], n_train: 8, n_test: 6}
+generalisation: {attacks: [], n_train: 8, n_test: 6}
 second_round: {attack: fgsm, n_images: 3, steps: 1, sigmas: []}
 layer_images: 4
 """

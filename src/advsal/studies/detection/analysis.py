@@ -11,13 +11,7 @@ from ...attacks.specs import display_name
 from ...detection import metrics as dm
 from ...store import Stage
 from .registry import MAIN_DETECTOR, detector_display
-from .steps import Part, TrainedDetector, part
-
-
-def correct_head(test: Part, adv_test: Stage, n: int) -> Part:
-    """The first ``n`` test images F classifies correctly (the second round attacks only those)."""
-    correct = (adv_test["pred_clean"] == test.y).nonzero().flatten()[:n]
-    return part("second-round-images", test.images.subset(correct))
+from .steps import Part, TrainedDetector
 
 
 def attack_summary(adv: Stage) -> dict[str, Any]:
@@ -74,7 +68,7 @@ def roc_curve(trained: TrainedDetector, points: int = 200) -> dict[str, Any]:
 
 def results(cfg: Any, test: Part, eps: dict[str, Stage], adv_train: dict[str, Stage], adv_test: dict[str, Stage],
             detectors: dict[str, TrainedDetector], baselines: dict[str, dict[str, TrainedDetector]], cross: Stage,
-            eps_matrices: dict[str, Stage], budget: float, second: list[Stage], layers: Stage) -> dict[str, Any]:
+            eps_matrices: dict[str, Stage], second: list[Stage], layers: Stage) -> dict[str, Any]:
     """The study's results (everything but the classifier, data and provenance, which the engine adds)."""
     attacks = {}
     for a in adv_test:
@@ -94,7 +88,8 @@ def results(cfg: Any, test: Part, eps: dict[str, Stage], adv_train: dict[str, St
         "generalisation_eps": {a: {"eps_factors": list(g.eps_factors),
                                    "eps": [float(eps[a]["eps"]) * f for f in g.eps_factors],
                                    "matrix": m["matrix"]} for a, m in eps_matrices.items()},
-        "second_round": {"eps": budget, "attack_detector": cfg.second_round.attack,
+        "second_round": {"eps": float(eps[cfg.second_round.attack]["eps"]) * cfg.second_round.eps_factor,
+                         "attack_detector": cfg.second_round.attack,
                          "rows": [{k: st[k] for k in ("attack", "f_fooled", "d_says_clean", "both", "mean_linf",
                                                       "mean_l2", "n")} for st in second]},
         "layers": {"layers": layers["layers"], "by_attack": layers["by_attack"]},

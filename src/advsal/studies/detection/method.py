@@ -28,15 +28,13 @@ from . import analysis
 from .config import Config
 from .registry import DETECTOR_SPECS, MAIN_DETECTOR, study_layers
 from .steps import (
-    adaptive_attack,
     craft,
     draw,
     examples,
     layer_analysis,
-    metzen_attack,
     score_matrix,
     search_epsilon,
-    second_round_attack,
+    second_round,
     train_detector,
 )
 
@@ -92,35 +90,21 @@ def method(ctx: Context, cfg: Config, run_dir: Path) -> dict[str, Any]:
                   for f, tr, te in levels]
         eps_matrices[a] = score_matrix(ctx, f"eps-matrix-{a}", fitted, [te for _, _, te in levels])
 
-    # Step 6: second-round attacks on F and D jointly, and a transfer attack from D′ (disjoint halves)
-    s, a = cfg.second_round, cfg.second_round.attack
-    budget = eps[a]["eps"] * s.eps_factor
-    half = len(train_for[a]) // 2
-    d_prime = train_detector(ctx, main, cfg, f"detector-{a}-half2", train_for[a], adv_train[a], test, adv_test[a],
-                             rows=(half, len(train_for[a])))
+    # Step 6: second-round attacks on F and D jointly, and a transfer attack from D′ to D (disjoint halves)
+    a, n = cfg.second_round.attack, len(train_for[cfg.second_round.attack])
     d_first = train_detector(ctx, main, cfg, f"detector-{a}-half1", train_for[a], adv_train[a], test, adv_test[a],
-                             rows=(0, half))
-    targets = analysis.correct_head(test, adv_test[a], s.n_images)
-    second = [
-        second_round_attack(ctx, f"first-round {a} (no knowledge of D)", attacks[a].build(cfg.attacks[a],
-                            eps[a]["eps"]), detectors[a], targets, {"attack": cfg.attacks[a]}, [eps[a]]),
-        *[second_round_attack(ctx, f"metzen-sigma{sigma:g}", metzen_attack(budget, s.steps, sigma), detectors[a],
-                              targets, {"eps_factor": s.eps_factor, "steps": s.steps, "sigma": sigma}, [eps[a]])
-          for sigma in s.sigmas],
-        second_round_attack(ctx, "adaptive-surrogate", adaptive_attack(budget, s.steps, s.kappa, s.surrogate_beta),
-                            detectors[a], targets, {"eps_factor": s.eps_factor, "steps": s.steps, "kappa": s.kappa,
-                                                    "beta": s.surrogate_beta}, [eps[a]]),
-        second_round_attack(ctx, "transfer-from-D′", adaptive_attack(budget, s.steps, s.kappa, s.surrogate_beta),
-                            d_prime, targets, {"eps_factor": s.eps_factor, "steps": s.steps, "kappa": s.kappa,
-                                               "beta": s.surrogate_beta}, [eps[a]], evaluate_on=d_first),
-    ]
+                             rows=(0, n // 2))
+    d_prime = train_detector(ctx, main, cfg, f"detector-{a}-half2", train_for[a], adv_train[a], test, adv_test[a],
+                             rows=(n // 2, n))
+    second = second_round(ctx, cfg.second_round, attacks[a], cfg.attacks[a], eps[a], detectors[a], d_prime, d_first,
+                          test, adv_test[a])
 
     # Step 7: layer-wise analysis, and the examples figure's data
     layer_stage = layer_analysis(ctx, layers, test, adv_test, cfg.layer_images)
     examples(ctx, run_dir, test, adv_test, cfg)
 
-    return analysis.results(cfg, test, eps, adv_train, adv_test, detectors, baselines, cross, eps_matrices, budget,
-                            second, layer_stage)
+    return analysis.results(cfg, test, eps, adv_train, adv_test, detectors, baselines, cross, eps_matrices, second,
+                            layer_stage)
 
 
 def render(run_dir: str | Path, results: dict[str, Any]) -> tuple[Path, Path]:

@@ -185,33 +185,48 @@ def score_matrix(ctx: Context, name: str, detectors: list[TrainedDetector], test
 
 
 # ------------------------------------------------------------------------------------------------ Step 7
-def second_round_attack(ctx: Context, label: str, attack: Any, detector: TrainedDetector, images: Part,
-                        params: dict[str, Any], inputs: list[Any],
-                        evaluate_on: TrainedDetector | None = None) -> Stage:
-    """``attack`` on F (and, if it is adaptive, ``detector``) for ``images``, scored against ``evaluate_on``
-    (default ``detector``) with :func:`advsal.attacks.attack_detector_pair`."""
-
-    def compute() -> dict[str, Any]:
-        x, y = images.x.to(ctx.device), images.y.to(ctx.device)
-        judge = evaluate_on or detector
-        res = attack_detector_pair(attack, ctx.model, detector.detector, x, y, evaluate_on=judge.detector)
-        return {"attack": label, "f_fooled": float(res.fooled_f.float().mean()),
-                "d_says_clean": float(res.evaded_d.float().mean()), "both": float(res.both.float().mean()),
-                "mean_linf": float(res.linf.mean()), "mean_l2": float(res.l2.mean()), "n": len(x)}
-
-    nodes = [ctx.classifier, detector.stage, images.node, *inputs]
-    if evaluate_on is not None:
-        nodes.append(evaluate_on.stage)
-    slug = label.split(" ")[0].replace("σ", "sigma").replace("′", "'")
-    return ctx.stage(f"second-{slug}", compute, inputs=nodes, params=params)
+def correct_head(test: Part, adv_test: Stage, n: int) -> Part:
+    """The first ``n`` test images F classifies correctly (the second round attacks only those)."""
+    correct = (adv_test["pred_clean"] == test.y).nonzero().flatten()[:n]
+    return part("second-round-images", test.images.subset(correct))
 
 
-def metzen_attack(eps: float, steps: int, sigma: float) -> MetzenAttack:
-    return MetzenAttack(eps=eps, steps=steps, sigma=sigma)
+def second_round(ctx: Context, s: Any, spec: AttackSpec, params: dict[str, Any], eps: Stage,
+                 detector: TrainedDetector, d_prime: TrainedDetector, d_first: TrainedDetector, test: Part,
+                 adv_test: Stage) -> list[Stage]:
+    """Second-round attacks on F and D jointly (seed 001 calls them "not applicable"; we test it), on the first
+    ``s.n_images`` correctly classified test images, L∞ budget ``s.eps_factor`` × ε: the first-round attack
+    (no knowledge of D), Metzen's Eq. 10 per σ, the adaptive attack through the saliency (softplus surrogate),
+    and the transfer attack crafted on D′ and evaluated on D trained on the other half of the data."""
+    images = correct_head(test, adv_test, s.n_images)
+    budget = float(eps["eps"]) * s.eps_factor
+    adaptive = {"eps_factor": s.eps_factor, "steps": s.steps, "kappa": s.kappa, "beta": s.surrogate_beta}
 
+    def build_adaptive() -> AdaptiveSaliencyAttack:
+        return AdaptiveSaliencyAttack(eps=budget, steps=s.steps, kappa=s.kappa, beta=s.surrogate_beta)
 
-def adaptive_attack(eps: float, steps: int, kappa: float, beta: float) -> AdaptiveSaliencyAttack:
-    return AdaptiveSaliencyAttack(eps=eps, steps=steps, kappa=kappa, beta=beta)
+    def row(stage: str, label: str, build: Any, stage_params: dict[str, Any], attacked: TrainedDetector,
+            judge: TrainedDetector | None = None) -> Stage:
+        def compute() -> dict[str, Any]:
+            x, y = images.x.to(ctx.device), images.y.to(ctx.device)
+            res = attack_detector_pair(build(), ctx.model, attacked.detector, x, y,
+                                       evaluate_on=(judge or attacked).detector)
+            return {"attack": label, "f_fooled": float(res.fooled_f.float().mean()),
+                    "d_says_clean": float(res.evaded_d.float().mean()), "both": float(res.both.float().mean()),
+                    "mean_linf": float(res.linf.mean()), "mean_l2": float(res.l2.mean()), "n": len(x)}
+
+        nodes = [ctx.classifier, images.node, eps, attacked.stage] + ([judge.stage] if judge else [])
+        return ctx.stage(f"second-{stage}", compute, inputs=nodes, params=stage_params)
+
+    return [
+        row("first-round", f"first-round {spec.name} (no knowledge of D)",
+            lambda: spec.build(params, eps["eps"]), {"attack": params}, detector),
+        *[row(f"metzen-sigma{sigma:g}", f"metzen-sigma{sigma:g}",
+              lambda sigma=sigma: MetzenAttack(eps=budget, steps=s.steps, sigma=sigma),
+              {"eps_factor": s.eps_factor, "steps": s.steps, "sigma": sigma}, detector) for sigma in s.sigmas],
+        row("adaptive-surrogate", "adaptive-surrogate", build_adaptive, adaptive, detector),
+        row("transfer-from-D'", "transfer-from-D′", build_adaptive, adaptive, d_prime, judge=d_first),
+    ]
 
 
 # ------------------------------------------------------------------------------------------------ Step 8
