@@ -1,13 +1,13 @@
 """The field's baseline detectors on mnist5k: AUROC against BIM and C&W, and scoring cost per image.
 
-F is mnist-net (seed 001 Table I) trained ``--epochs`` epochs on mnist5k train (seeded). Adversarial sets:
-BIM (L∞, ε = 0.15, 10 steps) and C&W L2 (``--cw-steps`` Adam steps × ``--cw-search`` binary-search rounds), on
-the first ``--n-fit`` correctly classified training images (to fit the detectors) and the first ``--n-test``
-correctly classified test images (to score them). As in Ma et al. §5.1, only successful adversarial examples and
-their clean sources are kept, so clean and adversarial sets are paired. Each detector is fitted per attack on
-(clean, adversarial) training pairs (feature squeezing on the clean images only) and its AUROC measured on the
-test pairs. Cost: ``det.score`` on a batch of ``--batch`` test images as a ratio to F's forward pass on the same
-batch (no grad), best of ``--repeat`` interleaved rounds.
+F is mnist-net (seed 001 Table I) trained ``--epochs`` epochs on mnist5k train (seeded). Adversarial sets: BIM
+(L∞, ε = ``--bim-eps`` = 0.15, 10 steps) and C&W L2 (``--cw-steps`` Adam steps × ``--cw-search`` binary-search
+rounds), on the first ``--n-fit`` correctly classified training images (to fit the detectors) and the first
+``--n-test`` correctly classified test images (to score them). As in Ma et al. §5.1, only successful adversarial
+examples and their clean sources are kept, so clean and adversarial sets are paired. Each detector is fitted per
+attack on (clean, adversarial) training pairs (feature squeezing on the clean images only) and its AUROC measured
+on the test pairs. Cost: ``det.score`` on a batch of ``--batch`` test images as a ratio to F's forward pass on the
+same batch (no grad), best of ``--repeat`` interleaved rounds.
 
 Run: `.venv/bin/python benchmarks/detectors_baselines.py` (writes benchmarks/results/detectors_baselines.md).
 """
@@ -85,6 +85,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--n-fit", type=int, default=400)
     parser.add_argument("--n-test", type=int, default=400)
+    parser.add_argument("--bim-eps", type=float, default=0.15)
     parser.add_argument("--cw-steps", type=int, default=50)
     parser.add_argument("--cw-search", type=int, default=4)
     parser.add_argument("--noise", type=float, nargs="*", default=[0.0, 0.002])
@@ -104,7 +105,7 @@ def main() -> None:
     print(f"mnist-net: {accuracy:.4f} test accuracy ({time.perf_counter() - start:.0f} s)")
     x_fit, y_fit = correctly_classified(model, train.x, train.y, args.n_fit)
     x_test, y_test = correctly_classified(model, test.x, test.y, max(args.n_test, args.batch))
-    attacks = {"BIM (ε=0.15, 10 steps)": BIM(eps=0.15, steps=10),
+    attacks = {f"BIM (ε={args.bim_eps:g}, 10 steps)": BIM(eps=args.bim_eps, steps=10),
                f"C&W L2 ({args.cw_steps} steps × {args.cw_search})":
                    CarliniWagnerL2(steps=args.cw_steps, binary_search_steps=args.cw_search)}
     sets = {}
