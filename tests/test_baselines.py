@@ -19,6 +19,7 @@ from advsal.detection import (
     LIDDetector,
     MahalanobisDetector,
     auroc,
+    baselines,
     lid_mle,
     median_smooth,
     reduce_bit_depth,
@@ -226,7 +227,7 @@ def test_errors_name_the_fix(problem):
         FeatureSqueezingDetector(model, bit_depth=None, median_size=None).score(problem["clean"][0])
 
 
-def test_kdbu_uses_the_classifier_dropout_and_restores_its_mode():
+def test_kdbu_uses_the_classifier_dropout_and_restores_its_mode(monkeypatch):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 3))
@@ -239,6 +240,8 @@ def test_kdbu_uses_the_classifier_dropout_and_restores_its_mode():
         model.eval()
         assert torch.allclose(logits, model(x[:5]))  # the deterministic pass runs in eval mode
     assert probs.shape == (10, 5, 3) and (det.uncertainty(probs) > 0).all()
+    monkeypatch.setattr(baselines, "_MC_ROWS", 12)  # two replicas per pass: five passes of 10 images
+    assert det.forward_mc(x[:5])[2].shape == (10, 5, 3)
     det.fit(x[:40], blocks(30, 0.45, seed=41), cv=None)  # unpaired sets (different lengths)
     assert torch.equal(det.statistics(x[40:]), det.statistics(x[40:]))
 

@@ -279,6 +279,7 @@ class MahalanobisDetector(StatisticDetector):
         return torch.stack([self._layer_score(x, li) for li in range(len(self.layers_))], 1)
 
 
+_MC_ROWS = 4096  # images per forward pass when the classifier's own dropout layers are sampled
 _DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
 
 
@@ -376,7 +377,9 @@ class KDBUDetector(StatisticDetector):
                     handle.remove()
                     for m in own_dropout:
                         m.train()
-                    mc = model(x.repeat(t, *[1] * (x.dim() - 1)))
+                    per_pass = max(1, _MC_ROWS // max(n, 1))  # replicas per forward pass, bounding memory
+                    mc = torch.cat([model(x.repeat(min(per_pass, t - i), *[1] * (x.dim() - 1)))
+                                    for i in range(0, t, per_pass)])
                 else:
                     out, mc = out[:n], out[n:]
         finally:
@@ -421,8 +424,7 @@ class KDBUDetector(StatisticDetector):
 
     def _fit_statistics(self, x_clean, x_adv, y_clean, batch_size, seed):
         self._check_params()
-        for attr in ("density_floor_",):
-            self.__dict__.pop(attr, None)
+        self.__dict__.pop("density_floor_", None)  # a refit starts without the previous floor
         device = self.device
         with frozen(self.classifier):
             feats = []
