@@ -251,3 +251,16 @@ def test_lid_fits_unpaired_sets(problem):
                                                                 cv=None)
     assert det.layers_ == ["1", "3", "6", "logits"]
     assert torch.isfinite(det.statistics(problem["clean"][1][:10])).all()
+
+
+@pytest.mark.parametrize("name", ["lid", "mahalanobis", "kdbu"])
+def test_adversarial_logit_gradient_matches_finite_differences(name):
+    x, y = gaussian_images(120, seed=6)
+    x, y = x.double(), y
+    model = flat_net().double()
+    det = {"lid": LIDDetector(model, layers=["0", "logits"], k=10, minibatch=40),
+           "mahalanobis": MahalanobisDetector(model, layers=["0"], noise=0.01),
+           "kdbu": KDBUDetector(model, bandwidth=0.2, mc_samples=5)}[name]
+    det.fit(x[:80], (x[:80] + 0.05).clamp(0, 1), y_clean=y[:80], cv=None)
+    xt = x[80:84].clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(det.adversarial_logit, (xt,), eps=1e-6, atol=1e-5)
