@@ -383,6 +383,45 @@ def report(run_dir: Annotated[Path, typer.Argument(help="A run directory with re
     console.print(f"wrote {md} and {page}")
 
 
+data_app = typer.Typer(no_args_is_help=True, help="Fetch the real datasets into the data cache ($ADVSAL_DATA).")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("fetch")
+def data_fetch(
+    name: Annotated[str, typer.Argument(help="mnist, fashion-mnist or cifar10.")],
+    dir: Annotated[Path | None, typer.Option("--dir", help="Folder to put the files in (default: "
+                                                           "$ADVSAL_DATA/NAME, ~/.cache/advsal/NAME).")] = None,
+    quiet: Quiet = False,
+) -> None:
+    """Download a dataset's canonical archives (resumable), verify their published MD5s, keep them cached."""
+    from .data.fetch import SOURCES, fetch, is_cached
+    from .progress import Bar
+
+    set_quiet(quiet)
+    if name not in SOURCES:
+        raise CLIError(f"cannot fetch {name!r}; fetchable: {', '.join(SOURCES)}")
+    if is_cached(name, dir):
+        folder = fetch(name, dir)
+        _log_line(f"{name}: already in {folder}")
+        return
+    bars: dict[str, Bar] = {}
+    shown: dict[str, int] = {}
+
+    def progress(filename: str, done: int, total: int | None) -> None:
+        if filename not in bars:
+            bars[filename] = Bar(f"fetch {filename}", total).__enter__()
+        bars[filename].update(done - shown.get(filename, 0))
+        shown[filename] = done
+
+    try:
+        folder = fetch(name, dir, on_progress=progress)
+    finally:
+        for bar in bars.values():
+            bar.__exit__(None, None, None)
+    _log_line(f"{name}: verified and cached in {folder} (load it with --dataset {name}, or --root {folder})")
+
+
 def main() -> None:
     """Entry point: run the app; known errors become one line on stderr and exit status 2."""
     try:

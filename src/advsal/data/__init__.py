@@ -1,5 +1,6 @@
 """Data: the ImageSet container, loaders for every supported format, splits and class depletion."""
 
+from .fetch import data_home, is_cached
 from .imageset import DataError, DataWarning, ImageSet, deplete_class, stratified_split, subset, validate_arrays
 from .loaders import (
     REGISTRY,
@@ -10,5 +11,6 @@ from .loaders import (
 )
 from .localization import LocalizationSet, load_masked_folder, make_cluttered_mnist, read_masked_folder  # noqa: F401
 
-__all__ = ["DataError", "DataWarning", "ImageSet", "REGISTRY", "deplete_class", "list_datasets", "load_dataset",
-           "read_idx", "register_dataset", "stratified_split", "subset", "validate_arrays"]
+__all__ = ["DataError", "DataWarning", "ImageSet", "REGISTRY", "data_home", "deplete_class", "is_cached",
+           "list_datasets", "load_dataset", "read_idx", "register_dataset", "stratified_split", "subset",
+           "validate_arrays"]

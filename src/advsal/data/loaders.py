@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .fetch import SOURCES, dataset_dir, fetch, is_cached
 from .imageset import DataError, DataWarning, ImageSet, stratified_split
 
 MNIST_CLASSES = [str(i) for i in range(10)]
@@ -326,9 +327,21 @@ register_dataset("npz", "one .npz file (x, y[, classes]) given as --root", True,
 
 def load_dataset(name: str, root: str | Path | None = None, seed: int = 0, **options) -> tuple[ImageSet, ImageSet]:
     """Load a registered dataset as ``(train, test)``; ``options`` go to the loader (e.g. ``size`` for
-    imagefolder). ``advsal datasets`` lists the names."""
+    imagefolder). ``advsal datasets`` lists the names. For mnist, fashion-mnist and cifar10 without ``root``, the
+    files come from the data cache (``advsal.data.fetch``), downloaded first when ``download=True``."""
     if name not in REGISTRY:
         raise DataError(f"unknown dataset {name!r}; available: {', '.join(REGISTRY)}")
+    download = options.pop("download", False)
+    if root is None and name in SOURCES:
+        if download:
+            root = fetch(name)  # from the cache when it is there: no network needed
+        elif is_cached(name):
+            root = dataset_dir(name)
+        else:
+            raise DataError(f"{name} is not in the data cache ({dataset_dir(name)}): run `advsal data fetch {name}`, "
+                            f"pass download=True (data.options.download: true), or give --root DIR")
+    elif download and name not in SOURCES:
+        raise DataError(f"dataset {name!r} cannot be downloaded (fetchable: {', '.join(SOURCES)}); drop download")
     return REGISTRY[name].loader(root=root, seed=seed, **options)
 
 
