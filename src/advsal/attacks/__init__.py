@@ -14,6 +14,7 @@ from .autoattack import AutoAttack, AutoAttackResult
 from .base import L0_TOLERANCE, Attack, AttackResult, perturbation_norms
 from .carlini_wagner import CarliniWagnerL2
 from .deepfool import DeepFool
+from .detector_attacks import DetectorAttackEnsemble, DetectorPGD, strongest_attack
 from .epsilon import (
     MinimalEpsilon,
     PerExampleEpsilon,
@@ -34,3 +35,4 @@ __all__ = ["APGD", "APGDT", "ATTACKS", "AutoAttack", "AutoAttackResult", "BIM", 
            "DeepFool", "MetzenAttack", "MinimalEpsilon", "PerExampleEpsilon", "PixelAttack", "Square",
            "attack_detector_pair", "attack_parameters", "attacked_accuracy", "least_likely_targets", "make_attack",
            "minimal_epsilon", "minimal_epsilon_per_example", "perturbation_norms", "random_targets"]
+__all__ += ["DetectorAttackEnsemble", "DetectorPGD", "strongest_attack"]

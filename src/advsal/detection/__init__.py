@@ -34,9 +34,11 @@ from .metrics import (
     tpr_at_fpr,
 )
 from .protocol import Detector, SaliencyInputDetector
+from .security import RobustDetectionResult, correctly_classified, robust_detection
 
 __all__ = ["INPUTS", "DetectionRates", "Detector", "DetectorHistory", "FeatureDetector", "NPlusOneDetector",
            "NetworkDetector", "SaliencyDetector", "SaliencyInputDetector", "auroc", "detection_rates",
            "metzen_detector_net", "pooled", "roc_curve", "split_by_label", "threshold_at_fpr", "tpr_at_fpr"]
 __all__ += ["FeatureSqueezingDetector", "KDBUDetector", "LIDDetector", "MahalanobisDetector", "lid_mle",
             "median_smooth", "reduce_bit_depth"]
+__all__ += ["RobustDetectionResult", "correctly_classified", "robust_detection"]
