@@ -178,3 +178,34 @@ def test_ensemble_validates_its_attacks():
         DetectorAttackEnsemble([])
     with pytest.raises(ValueError, match="mode"):
         DetectorPGD(eps=0.1, mode="sideways")
+
+
+# ------------------------------------------------------------------ hardening and adversarial training
+def test_hardening_trains_a_copy_sharing_the_classifier(small_pair):
+    from advsal.detection.hardening import harden_detector
+
+    F, D, x, y = small_pair
+    before = {k: v.clone() for k, v in D.state_dict().items()}
+    hard = harden_detector(F, D, x, y, eps=0.1, rounds=2, steps=2, epochs=1, batch_size=12)
+    assert hard.detector is not D and hard.detector.classifier is F
+    assert all(torch.equal(v, D.state_dict()[k]) for k, v in before.items())  # the given D is untouched
+    assert any(not torch.equal(v, hard.detector.state_dict()[k]) for k, v in before.items())
+    assert [r["mode"] for r in hard.rounds] == ["orthogonal", "combined"] and hard.rounds[1]["pool"] == 2 * len(x)
+
+
+def test_pgd_adversarial_training_gives_a_robust_toy_classifier():
+    from advsal.data import ImageSet
+    from advsal.training import _pgd_linf, adversarial_train_classifier
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(200) % 2
+    # pixel 1: wide margin (0.2 vs 0.8); pixel 2: narrow (0.47 vs 0.53) — ε = 0.2 destroys only the second
+    x = torch.stack([0.2 + 0.6 * y, 0.47 + 0.06 * y], 1).float().view(-1, 1, 1, 2)
+    x = (x + 0.01 * torch.randn(x.shape, generator=g)).clamp(0, 1)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(2, 2))
+    hist = adversarial_train_classifier(model, ImageSet(x, y, ["a", "b"]), eps=0.2, steps=5, lr=0.05,
+                                        epochs=15, batch_size=50)
+    assert len(hist.epochs) == 15 and not model.training
+    assert all(p.requires_grad for p in model.parameters())
+    xa = _pgd_linf(model, x, y, 0.2, 10, 0.05, g)
+    assert float((model(xa).argmax(1) == y).float().mean()) >= 0.95
