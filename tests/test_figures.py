@@ -29,7 +29,9 @@ def test_saliency_grid_rgb_overlay_returns_figure_without_path():
     clean = np.random.rand(2, 3, 8, 8).astype(np.float32)
     maps = {"cam": (np.random.rand(2, 8, 8), np.random.rand(2, 8, 8))}
     fig = saliency_grid(clean, clean, maps, overlay=True)
-    assert isinstance(fig, Figure) and len(fig.axes) == 2 * 2 * 2
+    assert isinstance(fig, Figure) and len(fig.axes) == 2 * 2 * 2 + 1  # the cells and one colour bar per map row
+    bar = fig.axes[-1]
+    assert [t.get_text() for t in bar.get_xticklabels()] == ["0", "max"]
 
 
 def test_saliency_grid_without_adversarial_images_has_one_column_per_example(tmp_path):

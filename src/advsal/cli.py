@@ -185,11 +185,18 @@ def attack(
     targeted: Annotated[bool, typer.Option(help="Attack towards a random other class per image.")] = False,
     n: Annotated[int | None, typer.Option(help="Attack this many test images (stratified); default all.")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 250,
+    executor: Annotated[str, typer.Option(help="local, or ray: the shards as Ray tasks (pip install "
+                                               "'advsal[ray]').")] = "local",
+    shards: Annotated[int, typer.Option(help="Split the images into this many shards, crafted in parallel "
+                                             "(random attacks seeded per shard).")] = 1,
+    address: Annotated[str | None, typer.Option(help="Ray cluster for --executor ray: auto or ray://HOST:PORT "
+                                                     "(default: a local Ray instance).")] = None,
     seed: Seed = 0,
     quiet: Quiet = False,
 ) -> None:
     """Craft adversarial examples for a dataset's test images against a saved model."""
-    from .attacks import make_attack
+    from .attacks import craft_sharded, make_attack
+    from .attacks.sharding import EXECUTORS, import_ray
     from .attacks.targets import random_targets
     from .models import load_model
 
@@ -198,6 +205,12 @@ def attack(
     _check_out_file(out)
     if out.suffix not in (".safetensors", ".npz"):
         raise CLIError(f"--out must end in .safetensors or .npz, got {out.name}")
+    if executor not in EXECUTORS:
+        raise CLIError(f"--executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+    if shards < 1:
+        raise CLIError(f"--shards must be ≥ 1, got {shards}")
+    if executor == "ray":
+        import_ray()  # before any work: without Ray, one line naming the install command
     net = load_model(model)
     data = _test_images(dataset, root, seed, n)
     params = _parse_params(param or [])
@@ -205,7 +218,11 @@ def attack(
     adversary = make_attack(attack, batch_size=batch_size, **params)
     targets = random_targets(data.y, data.num_classes, seed) if targeted or attack == "jsma" else None
     start = time.perf_counter()
-    result = adversary(net, data.x, data.y, targets=targets)
+    if executor == "local" and shards == 1:
+        result = adversary(net, data.x, data.y, targets=targets)
+    else:
+        result = craft_sharded(adversary, net, data.x, data.y, shards=shards, executor=executor, targets=targets,
+                               address=address)
     seconds = time.perf_counter() - start
     tensors = {"x": data.x, "y": data.y, "x_adv": result.x_adv, "pred": result.pred, "success": result.success,
                "linf": result.linf, "l2": result.l2, "l0": result.l0}
@@ -214,7 +231,7 @@ def attack(
     if result.queries is not None:
         tensors["queries"] = result.queries
     meta = {"attack": attack, "params": params, "model": str(model), "dataset": dataset, "seed": seed,
-            "targeted": targets is not None, "seconds": seconds}
+            "targeted": targets is not None, "seconds": seconds, "shards": shards}
     _save_arrays(out, tensors, meta)
     console.print(f"{attack} on {len(data)} images of {data.name}: success {result.success_rate():.4f}; mean L∞ "
                   f"{float(result.linf.mean()):.4f}, L2 {float(result.l2.mean()):.4f}, L0 "
@@ -420,6 +437,154 @@ def data_fetch(
         for bar in bars.values():
             bar.__exit__(None, None, None)
     _log_line(f"{name}: verified and cached in {folder} (load it with --dataset {name}, or --root {folder})")
+
+
+# ------------------------------------------------------------------------------------------------ guards
+def _guard_inputs(images: Path, channels: int, size: int):
+    """(x, names, skipped) from an image folder (every file, sorted; PNG/JPEG/… resized to size×size) or an
+    .npz array (``x``, ``x_adv`` or its only array; NCHW or NHWC, float in [0, 1] or uint8)."""
+    import numpy as np
+    import torch
+
+    if images.is_file() and images.suffix == ".npz":
+        try:
+            with np.load(images, allow_pickle=False) as f:
+                keys = [k for k in ("x", "x_adv", "images") if k in f.files][:1] or \
+                    [k for k in f.files if k != "metadata"]
+                if len(keys) != 1:
+                    raise CLIError(f"{images}: holds arrays {', '.join(f.files) or 'none'}; name the images 'x'")
+                arr = f[keys[0]]
+        except (OSError, ValueError) as exc:
+            raise CLIError(f"{images}: not a readable .npz file ({exc})") from None
+        if arr.ndim == 3:
+            arr = arr[:, None] if channels == 1 else arr
+        if arr.ndim != 4:
+            raise CLIError(f"{images}: images must be (N, C, H, W) or (N, H, W, C), got shape {arr.shape}")
+        if arr.shape[1] != channels and arr.shape[-1] == channels:
+            arr = arr.transpose(0, 3, 1, 2)
+        x = torch.from_numpy(np.ascontiguousarray(arr))
+        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+        if tuple(x.shape[1:]) != (channels, size, size):
+            raise CLIError(f"{images}: images of shape {tuple(x.shape[1:])}, the model takes "
+                           f"({channels}, {size}, {size})")
+        if not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1:
+            raise CLIError(f"{images}: pixel values must be finite and in [0, 1] (or uint8 0..255)")
+        return x, [str(i) for i in range(len(x))], []
+    if not images.is_dir():
+        raise CLIError(f"--images {images}: not a folder of images or an .npz file")
+    from PIL import Image, UnidentifiedImageError
+
+    mode = "L" if channels == 1 else "RGB"
+    arrays, names, skipped = [], [], []
+    for f in sorted(p for p in images.rglob("*") if p.is_file()):
+        try:
+            with Image.open(f) as im:
+                arr = np.asarray(im.convert(mode).resize((size, size), Image.BILINEAR), dtype=np.uint8)
+        except UnidentifiedImageError:
+            skipped.append((str(f.relative_to(images)), "not an image"))
+            continue
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            skipped.append((str(f.relative_to(images)), f"unreadable ({exc})"))
+            continue
+        arrays.append(arr[None] if channels == 1 else arr.transpose(2, 0, 1))
+        names.append(str(f.relative_to(images)))
+    if not arrays:
+        x = torch.zeros(0, channels, size, size)
+    else:
+        x = torch.from_numpy(np.stack(arrays)).float() / 255.0
+    return x, names, skipped
+
+
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A detection study run directory (runs/NAME).")],
+    detector: Annotated[str, typer.Option(help="The detector, e.g. image+saliency-bim or metzen-bim "
+                                               "(an unknown name lists the run's detectors).")],
+    out: Annotated[Path, typer.Option(help="The guard directory to write (detector, classifier, guard.json).")],
+    model: Annotated[Path | None, typer.Option(help="The classifier (.safetensors saved by advsal), for runs "
+                                                    "that did not train it themselves.")] = None,
+    fpr: Annotated[float, typer.Option(help="Clean false-positive budget recorded for later calibration.")] = 0.05,
+    quiet: Quiet = False,
+) -> None:
+    """Export a detector trained by a study run as a guard directory (`advsal detect --guard OUT`)."""
+    from .detection.guard import CLASSIFIER_FILE, Guard
+    from .detection.io import run_classifier, run_detector
+    from .models import load_model, save_model
+    from .studies.detection.registry import DETECTOR_SPECS, MAIN_DETECTOR
+
+    set_quiet(quiet)
+    if not run_dir.is_dir():
+        raise CLIError(f"{run_dir} is not a run directory; run `advsal run detection --name NAME` first")
+    net = load_model(model) if model is not None else run_classifier(run_dir)
+    det, payload = run_detector(run_dir, detector, net, main=MAIN_DETECTOR, kinds=tuple(DETECTOR_SPECS))
+    det.threshold = float(payload.get("threshold", det.threshold))
+    guard = Guard(net, det, fpr=fpr)
+    guard.save(out)
+    if model is None:
+        save_model(net, out / CLASSIFIER_FILE, exported_from=str(run_dir))
+    _log_line(f"exported {detector} ({type(det).__name__}) from {run_dir} to {out} (threshold "
+              f"{guard.threshold:.4g}; calibrate it on clean images with Guard.calibrate)")
+
+
+@app.command()
+def detect(
+    guard: Annotated[Path, typer.Option(help="A guard directory (written by `advsal export` or Guard.save).")],
+    images: Annotated[Path, typer.Option(help="A folder of images (PNG, JPEG, …) or an .npz array file.")],
+    out: Annotated[Path | None, typer.Option(help="Write one row per input here (.csv or .json).")] = None,
+    model: Annotated[Path | None, typer.Option(help="The classifier (.safetensors saved by advsal); default "
+                                                    "the one in the guard directory.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 256,
+    device: DeviceOpt = None,
+    quiet: Quiet = False,
+) -> None:
+    """Score images with a guard: prediction, detector score and flag per input; a summary on stdout."""
+    import csv
+    import io
+    import json
+
+    from .detection.guard import Guard
+    from .models import load_model
+    from .store import atomic_write_text
+    from .tensors import resolve_device
+
+    set_quiet(quiet)
+    if out is not None and out.suffix not in (".csv", ".json"):
+        raise CLIError(f"--out {out}: use a .csv or .json file name")
+    if batch_size < 1:
+        raise CLIError(f"--batch-size must be positive, got {batch_size}")
+    from .detection.guard import CLASSIFIER_FILE
+
+    if not guard.is_dir():
+        raise CLIError(f"--guard {guard}: not a guard directory; write one with `advsal export`")
+    net = load_model(model if model is not None else guard / CLASSIFIER_FILE, device=resolve_device(device or "auto"))
+    g = Guard.load(guard, net)
+    g.batch_size = batch_size
+    channels = getattr(g.model, "in_channels", None)
+    size = getattr(g.model, "input_size", None)
+    if channels is None or size is None:
+        raise CLIError("the guard's classifier does not record its input shape (in_channels, input_size)")
+    x, names, skipped = _guard_inputs(images, int(channels), int(size))
+    result = g(x)
+    rows = [{"input": n, "prediction": int(p), "score": float(s), "flagged": bool(f)}
+            for n, p, s, f in zip(names, result.predictions.tolist(), result.scores.tolist(),
+                                  result.flagged.tolist(), strict=True)]
+    if out is not None:
+        if out.suffix == ".json":
+            atomic_write_text(out, json.dumps({"guard": g.report(), "rows": rows,
+                                               "skipped": [{"input": n, "reason": r} for n, r in skipped]},
+                                              indent=2))
+        else:
+            buf = io.StringIO()
+            writer = csv.DictWriter(buf, ["input", "prediction", "score", "flagged"], lineterminator="\n")
+            writer.writeheader()
+            writer.writerows({**r, "score": repr(r["score"])} for r in rows)
+            atomic_write_text(out, buf.getvalue())
+    for name, reason in skipped:
+        _log_line(f"skipped {name}: {reason}")
+    flagged = sum(r["flagged"] for r in rows)
+    share = f" ({flagged / len(rows):.1%})" if rows else ""
+    _log_line(f"scored {len(rows)} inputs: {flagged} flagged{share}, {len(rows) - flagged} accepted; threshold "
+              f"{g.threshold:.4g}; {len(skipped)} skipped" + (f"; wrote {out}" if out is not None else ""))
 
 
 def main() -> None:

@@ -23,6 +23,8 @@ from .detectors import (
     SaliencyDetector,
     metzen_detector_net,
 )
+from .guard import Calibration, Guard, GuardError, GuardResult
+from .io import DetectorFileError, load_detector, read_detector_info, register_detector_kind, save_detector
 from .metrics import (
     DetectionRates,
     auroc,
@@ -41,4 +43,6 @@ __all__ = ["INPUTS", "DetectionRates", "Detector", "DetectorHistory", "FeatureDe
            "metzen_detector_net", "pooled", "roc_curve", "split_by_label", "threshold_at_fpr", "tpr_at_fpr"]
 __all__ += ["FeatureSqueezingDetector", "KDBUDetector", "LIDDetector", "MahalanobisDetector", "lid_mle",
             "median_smooth", "reduce_bit_depth"]
+__all__ += ["Calibration", "DetectorFileError", "Guard", "GuardError", "GuardResult", "load_detector",
+            "read_detector_info", "register_detector_kind", "save_detector"]
 __all__ += ["RobustDetectionResult", "correctly_classified", "robust_detection"]

@@ -97,6 +97,9 @@ class NetworkDetector(nn.Module):
         super().__init__()
         self.net: nn.Module | None = None
         self.history_: DetectorHistory | None = None
+        #: (C, H, W) of the network's input, set when the network is built (``build``/``fit``); saved detectors
+        #: are rebuilt from it (``advsal.detection.io``).
+        self.feature_shape_: tuple[int, ...] | None = None
         self._fitted = False
         self.register_buffer("_threshold", torch.tensor(0.5))
         self.register_load_state_dict_post_hook(_mark_fitted)
@@ -169,7 +172,8 @@ class NetworkDetector(nn.Module):
     # -- building --
     def build(self, feature_shape: tuple[int, ...], seed: int = 0) -> None:
         """Create the (untrained) network for inputs of shape (C, H, W), e.g. before ``load_state_dict``."""
-        self.net = self._make_net(tuple(int(s) for s in feature_shape), None, None, seed).to(self.device)
+        self.feature_shape_ = tuple(int(s) for s in feature_shape)
+        self.net = self._make_net(self.feature_shape_, None, None, seed).to(self.device)
         self.net.eval()
 
     def build_features(self, x: Tensor, batch_size: int = 256) -> Tensor:
@@ -245,6 +249,7 @@ class NetworkDetector(nn.Module):
         if self.net is None:
             mean, std = self._stats(feats[tr])
             self.net = self._make_net(tuple(feats.shape[1:]), mean, std, seed).to(device)
+            self.feature_shape_ = tuple(int(s) for s in feats.shape[1:])  # what build() needs to restore it
         net = self.net
         torch.manual_seed(seed)
         opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=lr)

@@ -89,6 +89,19 @@ def _evidence(test: dict[str, Any]) -> str:
     return f"share {est:.2f} of {n}+ example comparisons"
 
 
+def attention_findings(results: dict[str, Any]) -> list[dict[str, str]]:
+    """The verdicts the report opens with (``{"text", "section"}``): one per claim of seed 004 (at most six),
+    its verdict and the first test's measured evidence."""
+    out = []
+    for c in results.get("claims", [])[:6]:
+        tests = c.get("tests", [])
+        evidence = f" — {tests[0]['label']}: {_evidence(tests[0])} → {tests[0]['outcome']}" if tests else ""
+        n_conf = sum(t["outcome"] == "confirmed" for t in tests)
+        out.append({"text": f"{c['claim']} ({c['source']}): {c['verdict']}, {n_conf} of {len(tests)} tests "
+                            f"confirmed{evidence}.", "section": "claims"})
+    return out
+
+
 def render_attention_report(run_dir: Path, results: dict[str, Any]) -> tuple[Path, Path]:
     fig_dir = run_dir / "figures"
     cfg = results["config"]
@@ -97,6 +110,9 @@ def render_attention_report(run_dir: Path, results: dict[str, Any]) -> tuple[Pat
     clf = results["classifier"]
     trained = "as given" if clf.get("given") else f"trained {clf['epochs_run']} epochs"
     rep = Report("Attention under attack — study report (seed 004)")
+    rep.set_provenance(results.get("provenance"))
+    rep.set_findings(attention_findings(results))
+    rep.heading("Setup", anchor="setup")
     rep.paragraph(
         f"Reproduces seed 004 (Kotyan & Vargas, \"Deep neural network loses attention to adversarial "
         f"images\") on {cfg['data']['name']}: {results['data']['train']}; {results['data']['test']}. "
@@ -218,7 +234,7 @@ def render_attention_report(run_dir: Path, results: dict[str, Any]) -> tuple[Pat
                    "outcome"], rows,
                   caption=f"'differs' = Holm-corrected p < {cfg['alpha']} and |δ| ≥ {cfg['min_effect']}.")
 
-    rep.heading("Claims of seed 004: measured evidence and verdicts")
+    rep.heading("Claims of seed 004: measured evidence and verdicts", anchor="claims")
     rep.paragraph(
         f"Decision rules: paired tests (same images) use the Wilcoxon signed-rank test with the paired "
         f"dominance P(Δ>0) − P(Δ<0); PGD-vs-Pixel tests use Mann-Whitney U with Cliff's δ; correlations use "
@@ -242,7 +258,5 @@ def render_attention_report(run_dir: Path, results: dict[str, Any]) -> tuple[Pat
     rep.table(["claim", "test", "group", "kind", "n", "estimate", "effect", "p", "p (Holm)", "outcome"], rows,
               caption="Every test behind the verdicts.")
 
-    rep.heading("Stage timings")
-    rows = [[t["stage"], "cached" if t["cached"] else t["seconds"]] for t in results.get("timings", [])]
-    rep.table(["stage", "seconds"], rows, digits=1)
+    rep.timings(results.get("timings", []))
     return rep.write(run_dir)

@@ -19,7 +19,7 @@ def matrix_heatmap(matrix: np.ndarray, row_labels: Sequence[str], col_labels: Se
                    vmin: float | None = None, vmax: float | None = None, cmap: str = "viridis") -> Path:
     """An annotated heatmap (generalisation matrices, confusion matrices)."""
     m = np.asarray(matrix, dtype=float)
-    fig = Figure(figsize=(1.0 + 0.6 * m.shape[1], 0.8 + 0.5 * m.shape[0]))
+    fig = Figure(figsize=(2.5 + 0.9 * m.shape[1], 1.5 + 0.6 * m.shape[0]))
     ax = fig.add_subplot()
     im = ax.imshow(m, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
     ax.set_xticks(range(m.shape[1]), labels=list(col_labels), rotation=45, ha="right")
@@ -29,7 +29,7 @@ def matrix_heatmap(matrix: np.ndarray, row_labels: Sequence[str], col_labels: Se
         for j in range(m.shape[1]):
             if np.isfinite(m[i, j]):
                 bright = (m[i, j] - lo) / (hi - lo + 1e-12) > 0.6
-                ax.text(j, i, fmt.format(m[i, j]), ha="center", va="center", fontsize=8,
+                ax.text(j, i, fmt.format(m[i, j]), ha="center", va="center", fontsize=10,
                         color="black" if bright else "white")
     ax.set_title(title)
     ax.set_xlabel(xlabel)
@@ -38,19 +38,33 @@ def matrix_heatmap(matrix: np.ndarray, row_labels: Sequence[str], col_labels: Se
     return save_figure(fig, path)
 
 
-def roc_plot(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], path: str | Path, title: str = "") -> Path:
-    """ROC curves: ``curves[label] = (fpr, tpr, auroc)``."""
-    fig = Figure(figsize=(5, 4.5))
+#: Line styles and markers cycled with the colours, so overlapping curves stay distinguishable.
+LINE_STYLES = ("-", "--", "-.", ":")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
+def roc_plot(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], path: str | Path, title: str = "",
+             min_fpr: float = 1e-3) -> Path:
+    """ROC curves, ``curves[label] = (fpr, tpr, auroc)``, with a log-scale FPR axis from ``min_fpr`` to 1 (the
+    low-FPR region where detectors differ is visible); each curve gets its own colour, line style and marker.
+    Points at FPR 0 are drawn at ``min_fpr``."""
+    fig = Figure(figsize=(7.5, 5.2))
     ax = fig.add_subplot()
-    for label, (fpr, tpr, auc) in curves.items():
-        ax.plot(fpr, tpr, label=f"{label} (AUROC {auc:.3f})")
-    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
-    ax.set_xlabel("false positive rate (clean called adversarial)")
-    ax.set_ylabel("true positive rate")
-    ax.set_xlim(0, 1)
+    for i, (label, (fpr, tpr, auc)) in enumerate(curves.items()):
+        x = np.clip(np.asarray(fpr, dtype=float), min_fpr, 1.0)
+        ax.plot(x, tpr, label=f"{label} (AUROC {auc:.3f})", linestyle=LINE_STYLES[i % len(LINE_STYLES)],
+                marker=MARKERS[i % len(MARKERS)], markevery=max(1, len(x) // 8), markersize=6, linewidth=1.8,
+                alpha=0.9, drawstyle="steps-post")
+    grid = np.logspace(np.log10(min_fpr), 0, 50)
+    ax.plot(grid, grid, color="grey", linestyle=":", linewidth=1, label="chance")
+    ax.set_xscale("log")
+    ax.set_xlabel("false positive rate (clean called adversarial), log scale", fontsize=11)
+    ax.set_ylabel("true positive rate", fontsize=11)
+    ax.set_xlim(min_fpr, 1)
     ax.set_ylim(0, 1.01)
-    ax.set_title(title)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.set_title(title, fontsize=12)
+    ax.legend(fontsize=9, loc="lower right")
     return save_figure(fig, path)
 
 

@@ -11,6 +11,7 @@ from ..attacks.specs import display_name
 from .charts import matrix_heatmap, roc_plot
 from .document import Report
 from .figures import saliency_grid
+from .findings import DETECTION_SECTIONS, detection_findings, eps_generalisation_verdict
 
 #: Seed 001 Table II, MNIST and CIFAR-10 rows (FGSM / Iterative L∞ / Iterative L2 / C&W).
 PAPER_TABLE2 = {
@@ -26,9 +27,6 @@ PAPER_TABLE3_MNIST = {
     "bim-l2": [[0.86, 0.80, 0.76, 0.70], [0.88, 0.91, 0.92, 0.88], [0.90, 0.93, 0.95, 0.95],
                [0.90, 0.95, 0.97, 1.00]],
 }
-# Below/above-diagonal mean accuracies closer than this are not read as a difference (each cell is a detection
-# accuracy on a few hundred images, so its standard error is about 0.02).
-GENERALISATION_MARGIN = 0.05
 
 
 def _examples_figure(run_dir: Path, path: Path, _nice) -> Path | None:
@@ -61,6 +59,9 @@ def render_detection_report(run_dir: Path, results: dict[str, Any]) -> tuple[Pat
         return attack_names.get(name) or display_name(name)
 
     rep = Report("Saliency-based adversarial detection — study report")
+    rep.set_provenance(results.get("provenance"))
+    rep.set_findings(detection_findings(results))
+    rep.heading("Setup", anchor="setup")
     clf = results["classifier"]
     trained = (f"given as is ({clf['architecture']})" if clf.get("given") else
                f"{clf['architecture']} trained {clf['epochs_run']} epochs (train accuracy "
@@ -77,50 +78,60 @@ def render_detection_report(run_dir: Path, results: dict[str, Any]) -> tuple[Pat
     rows = []
     for name, a in results["attacks"].items():
         eps = results["epsilons"].get(name, {})
-        rows.append([_nice(name), eps.get("eps"), eps.get("accuracy"), a["test"]["success_rate_on_correct"],
+        norm = _budget_norm(name, a.get("params", {}))
+        rows.append([_nice(name), eps.get("eps") if norm == "L∞" else None, eps.get("eps") if norm == "L2" else None,
+                     eps.get("accuracy"), a["test"]["success_rate_on_correct"],
                      a["test"]["accuracy_under_attack"], a["test"]["mean_linf"], a["test"]["mean_l2"],
                      a["test"]["mean_l0"], a["train"]["images_per_second"]])
-    rep.table(["attack", "ε", "F acc. at ε (search set)", "success on correct", "F acc. under attack",
+    rep.table(["attack", "ε (L∞)", "ε (L2)", "F acc. at ε (search set)", "success on correct", "F acc. under attack",
                "mean L∞", "mean L2", "mean L0 (pixels)", "craft images/s"], rows,
               caption="ε chosen by bisection on the search set; attacks without ε (e.g. C&W, JSMA) are not "
                       "budget-searched.")
 
-    rep.heading("Table II — detection per attack (paper layout)")
+    rep.heading("Table II — detection per attack (paper layout)", anchor=DETECTION_SECTIONS["table2"])
     rep.paragraph("f(x_test): F's accuracy on clean test images; f(x_adv): F's accuracy on their adversarial "
                   "versions; D(x_test): share of clean test images D calls clean; D(x_adv): share of adversarial "
                   "test images D calls adversarial (threshold 0.5). All rows count every test image; the "
                   "'restricted' columns count only successful adversarial examples of correctly classified images "
-                  "(and those clean images).")
-    rows = []
+                  "(and those clean images). Brackets: 95% bootstrap intervals over test images.")
+    rows, paper_rows = [], []
     for name, r in results["table2"].items():
         paper = PAPER_TABLE2["MNIST"].get(name)
         rr = r.get("restricted", {})
-        rows.append([_nice(name), r["f_clean"], r["f_adv"], r["d_clean"], r["d_adv"], r["auroc"], r["tpr_at_fpr"],
-                     rr.get("d_adv"), rr.get("auroc"), rr.get("n_adv"),
-                     "/".join(f"{v:.2f}" for v in paper) if paper else "–"])
+        ci = r.get("ci", {})
+        rows.append([_nice(name), r["f_clean"], r["f_adv"], ci.get("d_clean", r["d_clean"]),
+                     ci.get("d_adv", r["d_adv"]), ci.get("auroc", r["auroc"]), r["tpr_at_fpr"],
+                     rr.get("d_adv"), rr.get("auroc"), rr.get("n_adv")])
+        paper_rows.append([_nice(name), r["f_clean"], paper[0] if paper else None, r["f_adv"],
+                           paper[1] if paper else None, r["d_clean"], paper[2] if paper else None, r["d_adv"],
+                           paper[3] if paper else None])
     rep.table(["attack", "f(x_test)", "f(x_adv)", "D(x_test)", "D(x_adv)", "AUROC", f"TPR@{cfg['fpr']:.0%}FPR",
-               "restricted D(x_adv)", "restricted AUROC", "restricted n", "paper MNIST f/f_adv/D/D_adv"], rows)
+               "restricted D(x_adv)", "restricted AUROC", "restricted n"], rows)
+    rep.table(["attack", "f(x_test) ours", "paper", "f(x_adv) ours", "paper", "D(x_test) ours", "paper",
+               "D(x_adv) ours", "paper"], paper_rows, caption="Ours beside seed 001 Table II (MNIST row).")
     if results.get("roc"):
         curves = {_nice(n): (np.array(c["fpr"]), np.array(c["tpr"]), c["auroc"]) for n, c in results["roc"].items()}
         rep.figure(roc_plot(curves, fig_dir / "roc.png", "ROC of the saliency detector per attack"),
                    "ROC curves of D (image ⊕ saliency), clean test vs adversarial test.")
 
     if any(results["baselines"].values()):
-        rep.heading("Baselines and ablations (same data and protocol)")
+        rep.heading("Baselines and ablations (same data and protocol)", anchor=DETECTION_SECTIONS["baselines"])
         rows = []
         main = detector_names.get("image+saliency", "image ⊕ saliency (seed 001)")
         for name, r in results["table2"].items():
-            rows.append([main, _nice(name), r["d_clean"], r["d_adv"], r["auroc"],
-                         r["tpr_at_fpr"]])
+            ci = r.get("ci", {})
+            rows.append([main, _nice(name), ci.get("d_clean", r["d_clean"]), ci.get("d_adv", r["d_adv"]),
+                         ci.get("auroc", r["auroc"]), r["tpr_at_fpr"]])
         for kind, per_attack in results["baselines"].items():
             for name, r in per_attack.items():
-                rows.append([detector_names.get(kind, kind), _nice(name), r["d_clean"], r["d_adv"], r["auroc"],
-                             r["tpr_at_fpr"]])
+                ci = r.get("ci", {})
+                rows.append([detector_names.get(kind, kind), _nice(name), ci.get("d_clean", r["d_clean"]),
+                             ci.get("d_adv", r["d_adv"]), ci.get("auroc", r["auroc"]), r["tpr_at_fpr"]])
         rep.table(["detector", "attack", "D(x_test)", "D(x_adv)", "AUROC", f"TPR@{cfg['fpr']:.0%}FPR"], rows)
 
     cross = results.get("cross_attack")
     if cross and cross["attacks"]:
-        rep.heading("Generalisation across attacks (seed 001 Fig. 2)")
+        rep.heading("Generalisation across attacks (seed 001 Fig. 2)", anchor=DETECTION_SECTIONS["cross"])
         names = [_nice(n) for n in cross["attacks"]]
         rep.figure(matrix_heatmap(np.array(cross["matrix"]), names, names, fig_dir / "cross_attack.png",
                                   "detection accuracy: fit (rows) → test (columns)", "tested on", "trained on",
@@ -132,7 +143,7 @@ def render_detection_report(run_dir: Path, results: dict[str, Any]) -> tuple[Pat
 
     gen = results.get("generalisation_eps", {})
     if gen:
-        rep.heading("Generalisation across ε (seed 001 Table III)")
+        rep.heading("Generalisation across ε (seed 001 Table III)", anchor=DETECTION_SECTIONS["eps"])
         for name, g in gen.items():
             labels = [f"{f:g}×ε* ({e:.3g})" for f, e in zip(g["eps_factors"], g["eps"], strict=True)]
             m = np.array(g["matrix"])
@@ -145,30 +156,28 @@ def render_detection_report(run_dir: Path, results: dict[str, Any]) -> tuple[Pat
                 rep.table(["paper ε_fit \\ ε_test", "1", "2", "3", "4"],
                           [[str(i + 1), *row] for i, row in enumerate(PAPER_TABLE3_MNIST[name])],
                           caption=f"{_nice(name)}, seed 001 Table III (MNIST; the paper's ε levels are unnamed)")
-            below = float(np.mean(np.tril(m, -1)[np.tril_indices(len(m), -1)])) if len(m) > 1 else float("nan")
-            above = float(np.mean(m[np.triu_indices(len(m), 1)])) if len(m) > 1 else float("nan")
-            verdict = ("supported" if above - below >= GENERALISATION_MARGIN else
-                       "contradicted" if below - above >= GENERALISATION_MARGIN else
-                       f"not distinguishable (difference below {GENERALISATION_MARGIN})")
+            v = eps_generalisation_verdict(m) or {"below": float("nan"), "above": float("nan"),
+                                                  "verdict": "not testable with one ε"}
+            below, above, verdict = v["below"], v["above"], v["verdict"]
             rep.paragraph(f"{_nice(name)}: mean accuracy testing on a smaller ε than fitted {below:.3f}; on a "
                           f"larger ε {above:.3f}. The paper's claim — a detector fit on a small ε generalises to "
                           f"larger ones but not the reverse — is {verdict} here.")
 
     second = results.get("second_round", {})
     if second:
-        rep.heading("Second-round attacks on F and D jointly")
+        rep.heading("Second-round attacks on F and D jointly", anchor=DETECTION_SECTIONS["second"])
         rep.paragraph(f"Attacking the detector trained on {_nice(second['attack_detector'])}, L∞ budget ε = "
                       f"{second['eps']:.3g}, on correctly classified test images. 'both' = F fooled AND D says "
                       "clean — the rate seed 001 says such attacks cannot reach ('not applicable'). The transfer "
                       "row attacks D′ (trained on the other half of the training data) and is evaluated on a D "
                       "trained on the first half.")
-        rows = [[r["attack"], r["f_fooled"], r["d_says_clean"], r["both"], r["mean_linf"], r["mean_l2"], r["n"]]
-                for r in second["rows"]]
+        rows = [[r["attack"], *[r.get("ci", {}).get(k, r[k]) for k in ("f_fooled", "d_says_clean", "both")],
+                 r["mean_linf"], r["mean_l2"], r["n"]] for r in second["rows"]]
         rep.table(["attack", "F fooled", "D says clean", "both", "mean L∞", "mean L2", "n"], rows)
 
     layers = results.get("layers", {})
     if layers and layers.get("by_attack"):
-        rep.heading("Layer-wise analysis (seed 000 §5, Fig. 7)")
+        rep.heading("Layer-wise analysis (seed 000 §5, Fig. 7)", anchor=DETECTION_SECTIONS["layers"])
         rep.paragraph("Grad-CAM-weighted feature maps w.r.t. the true class at a shallow, a middle and a deep "
                       "layer; per layer the mean Pearson correlation between the clean and the adversarial map "
                       "and the normalised change ‖adv − clean‖ / (‖adv‖ + ‖clean‖) (0 identical, 1 disjoint), over "
@@ -195,7 +204,13 @@ def render_detection_report(run_dir: Path, results: dict[str, Any]) -> tuple[Pat
         rep.figure(examples, "One successful adversarial example per attack: clean and adversarial image with "
                              "the gradient saliency of F (absolute value, max over channels).")
 
-    rep.heading("Stage timings")
-    rows = [[t["stage"], "cached" if t["cached"] else t["seconds"]] for t in results.get("timings", [])]
-    rep.table(["stage", "seconds"], rows, digits=1)
+    rep.timings(results.get("timings", []))
     return rep.write(run_dir)
+
+
+def _budget_norm(name: str, params: dict[str, Any]) -> str:
+    """The norm an attack's ε is measured in: its ``norm`` parameter, else L2 for ``*-l2`` attacks, else L∞."""
+    norm = str(params.get("norm", "")).lower()
+    if norm in ("l2", "linf"):
+        return "L2" if norm == "l2" else "L∞"
+    return "L2" if "l2" in name.lower().split("-") else "L∞"

@@ -122,6 +122,16 @@ def _conclusion(results: dict[str, Any]) -> list[str]:
     return out
 
 
+def explanation_findings(results: dict[str, Any]) -> list[dict[str, str]]:
+    """The verdicts the report opens with (``{"text", "section"}``): the best setting of each method on APE_D
+    and CC hit rate (Table 1), and the tally of the matched-setting tests."""
+    out = []
+    for line in _conclusion(results):
+        section = "table-1" if line.startswith("Best ") else "regularized-vs-mp"
+        out.append({"text": line, "section": section})
+    return out[:6]
+
+
 def render_explanation_report(run_dir: Path, results: dict[str, Any]) -> tuple[Path, Path]:
     fig_dir = run_dir / "figures"
     cfg = results["config"]
@@ -133,6 +143,9 @@ def render_explanation_report(run_dir: Path, results: dict[str, Any]) -> tuple[P
     rc, mc = cfg["regularized"], cfg["meaningful"]
 
     rep = Report("Regularized adversarial examples as explanations — study report (seed 003)")
+    rep.set_provenance(results.get("provenance"))
+    rep.set_findings(explanation_findings(results))
+    rep.heading("Setup", anchor="setup")
     rep.paragraph(
         f"Reproduces seed 003 (Shoshan & Ratner, \"Regularized adversarial examples for model interpretability\") "
         f"on {cfg['data']['name']}: {results['data']['train']}; {results['data']['test']}. The classifier "
@@ -163,7 +176,7 @@ def render_explanation_report(run_dir: Path, results: dict[str, Any]) -> tuple[P
         "non-empty mask; higher is better.",
     ])
 
-    rep.heading("Table 1 on " + cfg["data"]["name"])
+    rep.heading("Table 1 on " + cfg["data"]["name"], anchor="table-1")
     table_rows = [[r["method"], *_coeffs(r), r["l0"], r["tv"], r["classification"], r["ape"],
                    _pct_cell(r["cc_hit_rate"])] for r in rows]
     rep.table(["Method", "L0 approx. coeff", "tv coeff", "tv_γ", "L0", "tv", "classification", "APE_D",
@@ -190,7 +203,7 @@ def render_explanation_report(run_dir: Path, results: dict[str, Any]) -> tuple[P
 
     comps = results.get("comparisons", [])
     if comps:
-        rep.heading("Regularized vs meaningful perturbation, setting by setting")
+        rep.heading("Regularized vs meaningful perturbation, setting by setting", anchor="regularized-vs-mp")
         crow = []
         for c in comps:
             o, m = by_id[c["ours"]], by_id[c["mp"]]
@@ -244,9 +257,7 @@ def render_explanation_report(run_dir: Path, results: dict[str, Any]) -> tuple[P
     rep.heading("Caveats")
     rep.bullets(_caveats(results, rows))
 
-    rep.heading("Stage timings")
-    rep.table(["stage", "seconds"], [[t["stage"], "cached" if t["cached"] else t["seconds"]]
-                                     for t in results.get("timings", [])], digits=1)
+    rep.timings(results.get("timings", []))
     return rep.write(run_dir)
 
 

@@ -70,7 +70,13 @@ def _normalise(m: np.ndarray, scale: float | None = None) -> np.ndarray:
     return m / top if top > 0 else np.zeros_like(m)
 
 
-def heatmap_overlay(image: ArrayLike, saliency: ArrayLike, alpha: float = 0.5, cmap: str = "jet",
+#: Default colour map of saliency magnitudes: perceptually uniform and readable in grey print (not ``jet``).
+SALIENCY_CMAP = "inferno"
+#: Font sizes (points) of grid labels and titles: readable when a grid is scaled to a ~1000 px column.
+GRID_FONT = 10
+
+
+def heatmap_overlay(image: ArrayLike, saliency: ArrayLike, alpha: float = 0.5, cmap: str = SALIENCY_CMAP,
                     scale: float | None = None) -> np.ndarray:
     """Blend a saliency map over an image: (H, W, 3) RGB floats in [0, 1].
 
@@ -95,7 +101,7 @@ def _draw_image(ax, image: np.ndarray) -> None:
 
 def saliency_grid(images_clean: ArrayLike, images_adv: ArrayLike | None,
                   maps: Mapping[str, tuple[ArrayLike, ArrayLike] | ArrayLike], titles: Sequence[str] | None = None,
-                  path: str | Path | None = None, overlay: bool = False, cmap: str = "jet",
+                  path: str | Path | None = None, overlay: bool = False, cmap: str = SALIENCY_CMAP,
                   cell_inches: float = 1.2, dpi: int = 100) -> Path | Figure:
     """A clean-vs-adversarial saliency grid (seed 001 Fig. 1, seed 004 Figs. 2–7).
 
@@ -105,7 +111,8 @@ def saliency_grid(images_clean: ArrayLike, images_adv: ArrayLike | None,
     adversarial map of one example share one colour scale, so their magnitudes compare. With
     ``images_adv=None`` each example gets one column and each ``maps`` entry is a single batch of maps.
     ``overlay=True`` blends maps over the images. ``titles`` (one per example, e.g. "7 → 3") head each
-    example's columns.
+    example's columns. Each map row carries a colour bar under its label (0 … the example's maximum, which is
+    what every map of the row is scaled to).
 
     The PNG is exactly ``(K·N + 1) · cell_inches · dpi`` wide (K = 2, or 1 without adversarial images) and
     ``(R + 1.5) · cell_inches · dpi`` high (R = len(maps); one cell of row labels, half a cell of titles).
@@ -138,13 +145,18 @@ def saliency_grid(images_clean: ArrayLike, images_adv: ArrayLike | None,
             ax = axes[0][k * i + side]
             _draw_image(ax, _image_hwc(batch[i]))
             if k == 2:
-                ax.set_title(("clean", "adversarial")[side], fontsize=7, pad=2)
+                ax.set_title(("clean", "adversarial")[side], fontsize=GRID_FONT - 1, pad=2)
         if titles is not None:
             fig.text((1 + k * i + k / 2) / width, (nrows + 0.3) / height, str(titles[i]), ha="center",
-                     va="center", fontsize=8, fontweight="bold")
+                     va="center", fontsize=GRID_FONT, fontweight="bold")
     for r, (label, group) in enumerate(rows, start=1):
-        fig.text(0.5 / width, (nrows - r - 0.5) / height, str(label), ha="center", va="center", fontsize=8,
-                 wrap=True)
+        fig.text(0.5 / width, (nrows - r - 0.35) / height, str(label), ha="center", va="center",
+                 fontsize=GRID_FONT, wrap=True)
+        bar = fig.add_axes((0.15 / width, (nrows - r - 0.78) / height, 0.7 / width, 0.09 / height))
+        bar.imshow(np.linspace(0, 1, 64)[None, :], cmap=cmap, aspect="auto", extent=(0, 1, 0, 1))
+        bar.set_yticks([])
+        bar.set_xticks([0, 1], labels=["0", "max"], fontsize=GRID_FONT - 2)
+        bar.tick_params(length=2, pad=1)
         for i in range(n):
             cells = [_map_hw(_numpy(m[i])) for m in group]
             scale = max(float(c.max()) for c in cells)
@@ -154,7 +166,7 @@ def saliency_grid(images_clean: ArrayLike, images_adv: ArrayLike | None,
                     ax.imshow(heatmap_overlay(batches[side][i], m, cmap=cmap, scale=scale))
                 else:
                     ax.imshow(_normalise(m, scale), cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
-    fig.text(0.5 / width, (nrows - 0.5) / height, "image", ha="center", va="center", fontsize=8)
+    fig.text(0.5 / width, (nrows - 0.5) / height, "image", ha="center", va="center", fontsize=GRID_FONT)
     for ax in (a for row in axes for a in row):
         ax.set_xticks([])
         ax.set_yticks([])

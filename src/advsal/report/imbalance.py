@@ -97,6 +97,24 @@ def _method_paragraphs(rep: Report, results: dict[str, Any]) -> None:
         f"{data['min_eps_per_class']} images per class; images never fooled count as {me['eps_max']:g}.")
 
 
+def imbalance_findings(results: dict[str, Any]) -> list[dict[str, str]]:
+    """The verdicts the report opens with (``{"text", "section"}``): the generated conclusions on accuracy
+    (Table 5.2) and vulnerability (the paired tests), and how many comparisons are significant."""
+    out = []
+    for line in results.get("conclusions", []):
+        if line.startswith("Depletion lowered"):
+            out.append({"text": line, "section": "table-5-2"})
+        elif line.startswith(("Answer:", "Adversarial examples of the other classes")):
+            out.append({"text": line, "section": "vulnerability"})
+    tests = results.get("tests", [])
+    if tests:
+        n_sig = sum(1 for t in tests if t["significant"])
+        alpha = results.get("config", {}).get("alpha")
+        out.append({"text": f"{n_sig} of {len(tests)} paired comparisons (depleted vs balanced model, same images) "
+                            f"are significant after Holm's correction (α = {alpha:g}).", "section": "tests"})
+    return out[:6]
+
+
 def render_imbalance_report(run_dir: Path, results: dict[str, Any]) -> tuple[Path, Path]:
     fig_dir = run_dir / "figures"
     cfg = results["config"]
@@ -107,6 +125,9 @@ def render_imbalance_report(run_dir: Path, results: dict[str, Any]) -> tuple[Pat
     tests = results["tests"]
 
     rep = Report("Class imbalance and adversarial vulnerability — study report")
+    rep.set_provenance(results.get("provenance"))
+    rep.set_findings(imbalance_findings(results))
+    rep.heading("Setup", anchor="setup")
     _method_paragraphs(rep, results)
 
     rep.heading("Conclusion (generated from the measured numbers)")
@@ -160,7 +181,7 @@ def render_imbalance_report(run_dir: Path, results: dict[str, Any]) -> tuple[Pat
                       "adversarial predictions and the per-class median minimal ε, both averaged over "
                       "classes; means over seeds.")
 
-    rep.heading("All paired tests")
+    rep.heading("All paired tests", anchor="tests")
     rows = []
     for t in tests:
         digits = 4 if t["question"].endswith("min_eps") else 3
@@ -181,19 +202,13 @@ def render_imbalance_report(run_dir: Path, results: dict[str, Any]) -> tuple[Pat
                                   "predicted", "true", vmin=0, vmax=1),
                    f"Row-normalised test confusion matrix of the {rn} model ({len(seeds)} seed(s) summed).")
 
-    rep.heading("Stage timings")
-    timings = results.get("timings", [])
-    computed = sum(t["seconds"] for t in timings if not t["cached"])
-    rep.paragraph(f"{len(timings)} stages, {sum(1 for t in timings if t['cached'])} served from the cache; "
-                  f"{computed:.1f}s computed in the run that wrote these results.")
-    rep.table(["stage", "seconds"],
-              [[t["stage"], "cached" if t["cached"] else t["seconds"]] for t in timings], digits=1)
+    rep.timings(results.get("timings", []))
     return rep.write(run_dir)
 
 
 def _table52(rep: Report, results: dict[str, Any]) -> None:
     cfg, names, t52 = results["config"], results["classes"], results["table52"]
-    rep.heading("Table 5.2 — per-dataset performance (thesis layout)")
+    rep.heading("Table 5.2 — per-dataset performance (thesis layout)", anchor="table-5-2")
     cifar = str(cfg["data"]["name"]).startswith("cifar10")
     headers = ["depleted class", "train images of class", "overall accuracy", "test loss",
                "class-specific accuracy", "delta (balanced − depleted)"]
@@ -229,7 +244,8 @@ def _table52(rep: Report, results: dict[str, Any]) -> None:
 def _vulnerability_section(rep: Report, results: dict[str, Any], fig_dir: Path) -> None:
     names, depleted, tests = results["classes"], results["depleted_classes"], results["tests"]
     seeds = results["config"]["seeds"]
-    rep.heading("Does depleting a class change its vulnerability? (depleted − balanced, paired)")
+    rep.heading("Does depleting a class change its vulnerability? (depleted − balanced, paired)",
+                anchor="vulnerability")
     by = {(t["class"], t["attack"], t["question"]): t for t in tests}
     cols = [(a, q) for a in ("fgsm", "bim") for q in RATE_QUESTIONS]
     delta = np.array([[_f(by[(d, a, q)]["difference"]) if (d, a, q) in by else np.nan for a, q in cols]

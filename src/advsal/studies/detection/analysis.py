@@ -10,6 +10,7 @@ import numpy as np
 from ...attacks.specs import display_name
 from ...detection import metrics as dm
 from ...store import Stage
+from .. import stats
 from .registry import MAIN_DETECTOR, detector_display
 from .steps import Part, TrainedDetector
 
@@ -36,7 +37,8 @@ def table_row(scores_clean: np.ndarray, scores_adv: np.ndarray, threshold: float
     row = {"f_clean": f_clean, "f_adv": f_adv, "d_clean": rates.clean_as_clean, "d_adv": rates.adv_as_adv,
            "accuracy": rates.accuracy, "auroc": dm.auroc(scores, labels),
            "tpr_at_fpr": dm.tpr_at_fpr(scores, labels, fpr),
-           "n_clean": len(scores_clean), "n_adv": len(scores_adv)}
+           "n_clean": len(scores_clean), "n_adv": len(scores_adv),
+           "ci": rate_intervals(scores_clean, scores_adv, threshold)}
     rc, ra = scores_clean[restrict_clean], scores_adv[restrict_adv]
     if len(rc) and len(ra):
         r_rates = dm.detection_rates(rc, ra, threshold)
@@ -45,6 +47,14 @@ def table_row(scores_clean: np.ndarray, scores_adv: np.ndarray, threshold: float
                              "auroc": dm.auroc(np.r_[rc, ra], rl), "tpr_at_fpr": dm.tpr_at_fpr(np.r_[rc, ra], rl, fpr),
                              "n_clean": len(rc), "n_adv": len(ra)}
     return row
+
+
+def rate_intervals(scores_clean: np.ndarray, scores_adv: np.ndarray, threshold: float) -> dict[str, Any]:
+    """95% percentile-bootstrap intervals over test images of D(x_test), D(x_adv) and the AUROC:
+    ``{name: {"estimate", "lo", "hi", "n"}}`` (seeded, so a re-run gives the same bounds)."""
+    clean, adv = np.asarray(scores_clean, dtype=float), np.asarray(scores_adv, dtype=float)
+    return {"d_clean": stats.rate_interval(clean <= threshold), "d_adv": stats.rate_interval(adv > threshold),
+            "auroc": stats.auroc_interval(clean, adv)}
 
 
 def detector_row(trained: TrainedDetector, test: Part, adv_test: Stage, fpr: float) -> dict[str, Any]:
@@ -64,6 +74,17 @@ def roc_curve(trained: TrainedDetector, points: int = 200) -> dict[str, Any]:
     fpr, tpr, _ = dm.roc_curve(np.r_[clean, adv], labels)
     keep = np.unique(np.linspace(0, len(fpr) - 1, min(len(fpr), points)).astype(int))
     return {"fpr": fpr[keep].tolist(), "tpr": tpr[keep].tolist(), "auroc": dm.auroc(np.r_[clean, adv], labels)}
+
+
+def second_round_intervals(st: Stage) -> dict[str, Any]:
+    """95% bootstrap intervals over the attacked images of a second-round row's rates (F fooled, D says clean,
+    both), from the stored rates and image count (each rate is a share of ``n`` 0/1 outcomes)."""
+    n = int(st["n"])
+    out = {}
+    for key in ("f_fooled", "d_says_clean", "both"):
+        hits = int(round(float(st[key]) * n))
+        out[key] = stats.rate_interval(np.r_[np.ones(hits), np.zeros(n - hits)])
+    return out
 
 
 def results(cfg: Any, test: Part, eps: dict[str, Stage], adv_train: dict[str, Stage], adv_test: dict[str, Stage],
@@ -90,8 +111,9 @@ def results(cfg: Any, test: Part, eps: dict[str, Stage], adv_train: dict[str, St
                                    "matrix": m["matrix"]} for a, m in eps_matrices.items()},
         "second_round": {"eps": float(eps[cfg.second_round.attack]["eps"]) * cfg.second_round.eps_factor,
                          "attack_detector": cfg.second_round.attack,
-                         "rows": [{k: st[k] for k in ("attack", "f_fooled", "d_says_clean", "both", "mean_linf",
-                                                      "mean_l2", "n")} for st in second]},
+                         "rows": [{**{k: st[k] for k in ("attack", "f_fooled", "d_says_clean", "both", "mean_linf",
+                                                         "mean_l2", "n")}, "ci": second_round_intervals(st)}
+                                  for st in second]},
         "layers": {"layers": layers["layers"], "by_attack": layers["by_attack"]},
     }
 
