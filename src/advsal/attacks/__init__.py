@@ -26,6 +26,7 @@ from .gradient import BIM, FGSM, PGD
 from .jsma import JSMA
 from .pixel import PixelAttack
 from .registry import ATTACKS, PRESETS, attack_parameters, make_attack
+from .sharding import craft_sharded
 from .specs import ATTACK_SPECS, AttackSpec, attack_spec, display_name, register_attack_spec  # noqa: F401
 from .square import Square
 from .targets import least_likely_targets, random_targets
@@ -33,6 +34,7 @@ from .targets import least_likely_targets, random_targets
 __all__ = ["APGD", "APGDT", "ATTACKS", "AutoAttack", "AutoAttackResult", "BIM", "FGSM", "JSMA", "L0_TOLERANCE",
            "PGD", "PRESETS", "AdaptiveResult", "AdaptiveSaliencyAttack", "Attack", "AttackResult", "CarliniWagnerL2",
            "DeepFool", "MetzenAttack", "MinimalEpsilon", "PerExampleEpsilon", "PixelAttack", "Square",
-           "attack_detector_pair", "attack_parameters", "attacked_accuracy", "least_likely_targets", "make_attack",
+           "attack_detector_pair", "attack_parameters", "attacked_accuracy", "craft_sharded", "least_likely_targets",
+           "make_attack",
            "minimal_epsilon", "minimal_epsilon_per_example", "perturbation_norms", "random_targets"]
 __all__ += ["DetectorAttackEnsemble", "DetectorPGD", "strongest_attack"]
