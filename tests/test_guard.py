@@ -168,6 +168,15 @@ TINY_RUN = {"name": "tiny", "data": {"name": "mnist5k", "train_limit": 200, "tes
             "second_round": {"attack": "fgsm", "n_images": 2, "steps": 1, "sigmas": [0.5]}, "layer_images": 4}
 
 
+def optional_sections(config_cls) -> dict:
+    """Switch off the study's optional, costly sections where this version has them (not needed here)."""
+    from dataclasses import fields
+
+    if "security" not in {f.name for f in fields(config_cls)}:
+        return {}
+    return {"security": {"enabled": False, "attack": "fgsm"}}
+
+
 def test_export_from_a_run_then_detect_in_a_fresh_process(tmp_path, advsal, device):
     from safetensors.torch import load_file
 
@@ -175,7 +184,7 @@ def test_export_from_a_run_then_detect_in_a_fresh_process(tmp_path, advsal, devi
     from advsal.studies.detection import Config, run
 
     run_dir = tmp_path / "runs" / "tiny"
-    run(from_mapping(Config, {**TINY_RUN, "device": device}), run_dir)
+    run(from_mapping(Config, {**TINY_RUN, **optional_sections(Config), "device": device}), run_dir)
     res = advsal("export", run_dir, "--detector", "nope-fgsm", "--out", tmp_path / "guard")
     assert res.returncode == 2 and "available: image+saliency-fgsm" in res.stderr and "image-fgsm" in res.stderr
     res = advsal("export", run_dir, "--detector", "image+saliency-fgsm", "--out", tmp_path / "guard")
