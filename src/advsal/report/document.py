@@ -96,9 +96,10 @@ CSS = ("body{font-family:system-ui,sans-serif;max-width:1000px;margin:1.5em auto
        "padding:.2em 1em}.findings h2{border:0;margin-top:.6em}.findings li{margin:.35em 0}"
        ".toc ol{columns:2;column-gap:2em}.scroll{overflow-x:auto;max-width:100%}"
        "table{border-collapse:collapse;margin:1em 0;font-size:.9em}"
-       "td,th{border:1px solid #bbb;padding:.25em .6em;text-align:right}th{background:#eee}"
-       "td:first-child,th:first-child{text-align:left}caption{caption-side:top;font-style:italic;"
-       "text-align:left;padding:.3em 0}figure{margin:1em 0}img{max-width:100%;height:auto;display:block}"
+       "td,th{border:1px solid #bbb;padding:.25em .6em;text-align:right;white-space:nowrap}"
+       "th{background:#eee;white-space:normal}td:first-child,th:first-child{text-align:left;white-space:normal;"
+       "min-width:8em}caption{caption-side:top;font-style:italic;text-align:left;padding:.3em 0}"
+       "figure{margin:1em 0}img{max-width:100%;height:auto;display:block}"
        "figcaption{font-style:italic;color:#555}details{margin:1em 0}summary{cursor:pointer}"
        "p,li{overflow-wrap:anywhere}")
 
