@@ -130,11 +130,12 @@ def test_calibration_reaches_the_fpr_on_held_out_clean_images(tmp_path, model, d
     assert cal.n_images == 400 and cal.fpr_achieved <= 0.05 and cal.fpr_achieved >= 0.05 - 1 / 400
     held_out = guard(images[400:800]).flagged.float().mean().item()
     assert abs(held_out - 0.05) <= 0.01
-    guard.attach_robustness(tpr_noise=0.9)
+    curve = SimpleNamespace(norm="linf", to_dict=lambda: {"eps": [0.1], "robust_tpr": [0.5]})
+    guard.attach_robustness(curve, tpr_noise=0.9)
     guard.save(tmp_path / "g")
     again = Guard.load(tmp_path / "g", model)
     assert again.threshold == guard.threshold and again.report()["calibration"] == guard.report()["calibration"]
-    assert again.report()["calibration"]["robust"] == {"tpr_noise": 0.9}
+    assert again.report()["calibration"]["robust"] == {"linf": {"eps": [0.1], "robust_tpr": [0.5]}, "tpr_noise": 0.9}
 
 
 def test_detect_scores_a_messy_folder_and_lists_the_bad_files(tmp_path, advsal, model, detector, images):
@@ -233,3 +234,11 @@ def test_guarded_model_adds_a_rejection_class(model, detector, images):
     guarded(xr)[:, 10].sum().backward()
     assert xr.grad is not None and xr.grad.abs().sum() > 0
     assert {id(p) for p in guarded.parameters()} == {id(p) for p in model.parameters()}  # detector not owned
+
+
+def test_guarded_model_runs_under_torchattacks(model, detector, images):
+    torchattacks = pytest.importorskip("torchattacks")
+    x = images[600:604]
+    y = model(x).argmax(1)
+    adv = torchattacks.PGD(GuardedModel(model, detector), eps=0.1, alpha=0.05, steps=2)(x, y)
+    assert adv.shape == x.shape and (adv - x).abs().max() <= 0.1 + 1e-6 and not torch.equal(adv, x)

@@ -160,11 +160,17 @@ class Guard:
         self.calibration_ = Calibration(self.fpr, float(t), int((s > t).sum()) / len(s), len(x_clean), robust)
         return self.calibration_
 
-    def attach_robustness(self, **numbers: Any) -> None:
-        """Record robust-detection numbers measured elsewhere (e.g. ``tpr_bim=0.93``, ``auroc_cw=0.97``) with
-        the calibration, so ``report()`` and the saved guard carry them."""
+    def attach_robustness(self, result: Any = None, *, name: str | None = None, **numbers: Any) -> None:
+        """Record robust-detection numbers measured elsewhere with the calibration, so ``report()`` and the saved
+        guard carry them: a result object with ``to_dict()`` (e.g. ``detection.security.robust_detection``'s
+        curve; stored under ``name``, default ``"<norm>"``) and/or plain numbers (``tpr_bim=0.93``)."""
         if self.calibration_ is None:
             raise GuardError("calibrate the guard before attaching robustness numbers")
+        if result is not None:
+            if not callable(getattr(result, "to_dict", None)):
+                raise GuardError(f"attach_robustness takes a result with to_dict() (e.g. a RobustDetectionResult), "
+                                 f"got {type(result).__name__}; pass plain numbers as keywords")
+            numbers = {name or str(getattr(result, "norm", "robust")): result.to_dict(), **numbers}
         self.calibration_.robust.update(to_jsonable(numbers))
 
     def report(self) -> dict[str, Any]:
