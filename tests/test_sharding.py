@@ -63,7 +63,7 @@ def test_random_attacks_are_seeded_per_shard(setup):
 
 def test_ray_shards_equal_local(setup):
     ray = pytest.importorskip("ray")
-    from advsal.attacks.sharding import init_ray
+    from advsal.executor import init_ray
 
     model, x, y = setup
     init_ray(num_cpus=2)

@@ -196,8 +196,9 @@ def attack(
 ) -> None:
     """Craft adversarial examples for a dataset's test images against a saved model."""
     from .attacks import craft_sharded, make_attack
-    from .attacks.sharding import EXECUTORS, import_ray
+    from .attacks.sharding import EXECUTORS
     from .attacks.targets import random_targets
+    from .executor import import_ray
     from .models import load_model
 
     set_quiet(quiet)
@@ -362,13 +363,31 @@ def run(
     device: DeviceOpt = None,
     name: Annotated[str | None, typer.Option(help="Run name: results go to RUNS/NAME.")] = None,
     runs: Annotated[Path, typer.Option(help="Directory holding run directories.")] = Path("runs"),
+    executor: Annotated[str, typer.Option(help="local (stages inline), or ray: stages whose inputs are ready "
+                                               "run as Ray tasks (pip install 'advsal[ray]').")] = "local",
+    address: Annotated[str | None, typer.Option(help="Ray cluster for --executor ray: auto or ray://HOST:PORT "
+                                                     "(default: a local Ray instance).")] = None,
+    num_cpus: Annotated[float, typer.Option(help="CPUs per Ray stage task.")] = 1.0,
+    num_gpus: Annotated[float | None, typer.Option(help="GPUs per Ray stage task (default: 1 on a CUDA "
+                                                        "device, else 0).")] = None,
     quiet: Quiet = False,
 ) -> None:
     """Run (or resume) a study; every finished stage is cached in the run directory."""
+    from contextlib import nullcontext
+
     from .store import run_directory
     from .studies import get_study, study_config
 
     set_quiet(quiet)
+    if executor not in ("local", "ray"):
+        raise CLIError(f"--executor must be local or ray, got {executor!r}")
+    parallel = nullcontext()
+    if executor == "ray":
+        from .executor import RayExecutor, import_ray
+        from .studies.engine import use_executor
+
+        import_ray()  # before any work: without Ray, one line naming the install command
+        parallel = use_executor(RayExecutor(address, num_cpus=num_cpus, num_gpus=num_gpus))
     module = get_study(study)
     overrides: dict = {}
     if device is not None:
@@ -379,7 +398,8 @@ def run(
     cfg = study_config(study, preset=preset, path=config, overrides=overrides)
     run_dir = run_directory(runs, name or cfg.name)
     start = time.perf_counter()
-    results = module.run(cfg, run_dir, log=None if quiet else _log_line)
+    with parallel:
+        results = module.run(cfg, run_dir, log=None if quiet else _log_line)
     _log_line(f"{study} study finished in {time.perf_counter() - start:.1f}s: {run_dir / 'report.md'}")
     for line in module.summary(results):
         _log_line(line)

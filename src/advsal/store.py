@@ -232,6 +232,43 @@ class Stage:
     def get(self, item: str, default: Any = None) -> Any:
         return self.payload.get(item, default)
 
+    def when_ready(self, callback: Callable[[dict[str, Any]], None]) -> None:
+        """Call ``callback(payload)`` once the payload is there: now for a finished stage, on first access for
+        a :class:`PendingStage`."""
+        callback(self.payload)
+
+
+class PendingStage(Stage):
+    """A stage being computed by the store's executor: its key and directory are known now, its payload is
+    fetched, stored (atomically, by this process) and verified on first access."""
+
+    def __init__(self, name: str, key: str, directory: Path, resolve: Callable[[], dict[str, Any]]):
+        for attr, value in (("name", name), ("key", key), ("directory", directory), ("cached", False),
+                            ("_resolve", resolve), ("_payload", None), ("_callbacks", [])):
+            object.__setattr__(self, attr, value)
+
+    @property
+    def payload(self) -> dict[str, Any]:  # type: ignore[override]
+        if self._payload is None:
+            object.__setattr__(self, "_payload", self._resolve())
+            for callback in self._callbacks:
+                callback(self._payload)
+            self._callbacks.clear()
+        return self._payload
+
+    @property
+    def ready(self) -> bool:
+        return self._payload is not None
+
+    def when_ready(self, callback: Callable[[dict[str, Any]], None]) -> None:
+        if self._payload is not None:
+            callback(self._payload)
+        else:
+            self._callbacks.append(callback)
+
+    def __repr__(self) -> str:
+        return f"PendingStage({self.name!r}, {self.key!r}, ready={self.ready})"
+
 
 Node = Stage | Source
 
@@ -275,10 +312,14 @@ class RunStore:
     ``on_stage(record)`` is called after every stage is served (computed, loaded, or recomputed because the
     stored copy failed verification); ``records`` keeps them all, with timings."""
 
-    def __init__(self, root: str | Path, on_stage: Callable[[StageRecord], None] | None = None):
+    def __init__(self, root: str | Path, on_stage: Callable[[StageRecord], None] | None = None,
+                 executor: Any = None):
         from filelock import FileLock, Timeout
 
         self.root = Path(root)
+        # None: compute() runs inline. Else an object with submit(name, compute) -> handle and
+        # result(name, handle) -> payload (advsal.executor.RayExecutor): stages then run in parallel.
+        self.executor = executor
         if self.root.exists() and not self.root.is_dir():
             raise StoreError(f"{self.root} exists and is not a directory; choose another run name or --runs")
         self.records: list[StageRecord] = []
@@ -346,6 +387,21 @@ class RunStore:
             except StageInvalid as exc:
                 reason = str(exc)
                 shutil.rmtree(final, ignore_errors=True)
+        if self.executor is not None:
+            for node in inputs:  # the compute closure may hold what an input's payload filled in (weights)
+                if isinstance(node, PendingStage):
+                    node.payload  # noqa: B018
+            handle = self.executor.submit(name, compute)
+
+            def resolve() -> dict[str, Any]:
+                payload = self.executor.result(name, handle)
+                return self._store(name, key, final, params, links, version, lambda: payload, start, reason).payload
+
+            return PendingStage(name, key, final, resolve)
+        return self._store(name, key, final, params, links, version, compute, start, reason)
+
+    def _store(self, name: str, key: str, final: Path, params: Any, links: list[tuple[str, str]], version: int,
+               compute: Callable[[], dict[str, Any]], start: float, reason: str) -> Stage:
         tmp = final.with_name(f"{final.name}.partial-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)

@@ -14,17 +14,16 @@ from __future__ import annotations
 
 import copy
 from itertools import pairwise
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..executor import import_ray, init_ray
 from ..tensors import model_device
 from .base import Attack, AttackResult
 
 EXECUTORS = ("local", "ray")
-RAY_INSTALL = "pip install 'advsal[ray]' (or pip install 'ray>=2.9')"
 
 
 def shard_slices(n: int, shards: int) -> list[slice]:
@@ -102,20 +101,4 @@ def _craft_shard(attack: Attack, model: nn.Module, x: Tensor, y: Tensor | None, 
     return attack(model, x, y, targets=targets)
 
 
-def import_ray() -> Any:
-    """The ``ray`` module, or a ConfigError naming the install command."""
-    try:
-        import ray
-    except ImportError:
-        raise ConfigError(f"the ray executor needs Ray: {RAY_INSTALL}") from None
-    return ray
-
-
-def init_ray(address: str | None = None, **kwargs: Any) -> None:
-    """Connect to Ray at ``address`` (None: a local instance) unless this process is already connected."""
-    ray = import_ray()
-    if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, **kwargs)
-
-
-__all__ = ["EXECUTORS", "craft_sharded", "init_ray", "merge_results", "shard_attack", "shard_slices"]
+__all__ = ["EXECUTORS", "craft_sharded", "merge_results", "shard_attack", "shard_slices"]

@@ -18,7 +18,9 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,6 +40,18 @@ from ..training import EarlyStopping, evaluate, train_classifier
 from .config import require
 
 Log = Callable[[str], None] | None
+_EXECUTOR: ContextVar[Any] = ContextVar("advsal_executor", default=None)
+
+
+@contextmanager
+def use_executor(executor: Any) -> Iterator[None]:
+    """Studies opened inside this block run their stages on ``executor`` (e.g. ``advsal.executor.RayExecutor``);
+    ``None`` runs them inline."""
+    token = _EXECUTOR.set(executor)
+    try:
+        yield
+    finally:
+        _EXECUTOR.reset(token)
 
 
 # ------------------------------------------------------------------------------------------------ configs
@@ -218,7 +232,16 @@ def classifier_stage(store: RunStore, name: str, cfg: ModelConfig, train: ImageS
         return {**{f"w.{k}": v for k, v in model.state_dict().items()}, "metrics": metrics}
 
     stage = store.stage(name, compute, params=cfg.training(), inputs=[*inputs, init])
-    model.load_state_dict({k[2:]: v for k, v in stage.payload.items() if k.startswith("w.")})
+    # Under a parallel executor the stage may still be training: its weights are loaded when its payload
+    # arrives, at the latest before the model's first forward pass.
+    pending = model.register_forward_pre_hook(lambda module, args: stage.payload)
+
+    def load(payload: dict[str, Any]) -> None:
+        pending.remove()
+        model.load_state_dict({k[2:]: v for k, v in payload.items() if k.startswith("w.")})
+        model.to(device).eval()
+
+    stage.when_ready(load)
     return model.to(device).eval(), stage
 
 
@@ -304,7 +327,9 @@ def open_study(study: str, cfg: Any, run_dir: str | Path, *, model: nn.Module | 
     torch.manual_seed(cfg.seed)
     train, test = data if data is not None else load_data(cfg.data)
     source = data_source(train, test)
-    store = RunStore(Path(run_dir), on_stage=stage_logger(log))
+    executor = _EXECUTOR.get()
+    store = RunStore(Path(run_dir), on_stage=stage_logger(log),
+                     executor=executor.start(device) if executor is not None else None)
     try:
         results: dict[str, Any] = {"study": study, "config": as_plain(cfg),
                                    "provenance": provenance(cfg, device),
@@ -369,4 +394,4 @@ def provenance(cfg: Any, device: torch.device) -> dict[str, Any]:
 
 __all__ = ["Context", "DataConfig", "ModelConfig", "Study", "StudyDef", "as_plain", "build_classifier",
            "check_classifier", "check_device", "classifier_stage", "data_source", "finish_study", "load_data",
-           "load_factory", "open_study", "provenance", "stage_logger"]
+           "load_factory", "open_study", "provenance", "stage_logger", "use_executor"]

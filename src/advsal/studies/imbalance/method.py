@@ -41,21 +41,26 @@ def run(cfg: Config, run_dir: str | Path, *, model: nn.Module | None = None,
         classes = depleted_classes(cfg, train)
         attack_set = subset(ctx.test, cfg.attacks.per_class * train.num_classes, cfg.seed)
 
-        runs: dict[tuple[int, int | None], ModelRun] = {}
-        for seed in cfg.seeds:
-            for d in [None, *classes]:
-                name = f"s{seed}-{label_of(d)}"
-                # 1. The training set (balanced, or without cfg.removal of class d) and its model.
-                train_d = training_set(train, d, cfg.removal, seed)
-                model_d, trained = train_model(ctx, cfg.classifier, train_d, val, seed, name)
-                # 2. FGSM and BIM: untargeted, towards d (towards every class for the balanced model), away from d.
-                attacked = attack_model(ctx, model_d, trained, attack_set, cfg.attacks, d,
-                                        classes if d is None else [d], seed, name)
-                # 3. Minimal BIM ε per image.
-                eps = minimal_epsilon(ctx, model_d, trained, attack_set, cfg.min_eps,
-                                      cfg.attacks.batch_size, name)
-                runs[seed, d] = ModelRun(train_d.class_counts().tolist(), trained["metrics"], attacked.payload,
-                                         eps.payload)
+        # Every model, attack and ε stage is created before any payload is read, so a parallel executor
+        # (advsal run --executor ray) trains and attacks independent models at the same time.
+        models = [(seed, d) for seed in cfg.seeds for d in [None, *classes]]
+        sets, trained = {}, {}
+        for seed, d in models:
+            # 1. The training set (balanced, or without cfg.removal of class d) and its model.
+            sets[seed, d] = training_set(train, d, cfg.removal, seed)
+            trained[seed, d] = train_model(ctx, cfg.classifier, sets[seed, d], val, seed, f"s{seed}-{label_of(d)}")
+        stages = {}
+        for seed, d in models:
+            name, (model_d, trained_d) = f"s{seed}-{label_of(d)}", trained[seed, d]
+            # 2. FGSM and BIM: untargeted, towards d (towards every class for the balanced model), away from d.
+            attacked = attack_model(ctx, model_d, trained_d, attack_set, cfg.attacks, d,
+                                    classes if d is None else [d], seed, name)
+            # 3. Minimal BIM ε per image.
+            eps = minimal_epsilon(ctx, model_d, trained_d, attack_set, cfg.min_eps, cfg.attacks.batch_size, name)
+            stages[seed, d] = attacked, eps
+        runs: dict[tuple[int, int | None], ModelRun] = {
+            key: ModelRun(sets[key].class_counts().tolist(), trained[key][1]["metrics"], attacked.payload,
+                          eps.payload) for key, (attacked, eps) in stages.items()}
 
         # 4. Depleted vs balanced per seed, paired tests with Holm's correction, the conclusion.
         ctx.results.update(describe_data(ctx.results["data"], train, val, attack_set, classes, cfg))

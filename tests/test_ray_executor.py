@@ -1,0 +1,71 @@
+"""The Ray executor for the stage graph: a local Ray instance gives the local executor's numbers, and a stage that
+fails on a worker is one clear error that leaves the store consistent."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+ray = pytest.importorskip("ray")
+
+from advsal.errors import StoreError  # noqa: E402
+from advsal.executor import RayExecutor, init_ray  # noqa: E402
+from advsal.store import RunStore  # noqa: E402
+from advsal.studies import imbalance  # noqa: E402
+from advsal.studies.config import from_mapping  # noqa: E402
+from advsal.studies.engine import use_executor  # noqa: E402
+
+TINY = {"data": {"name": "digits", "train_limit": 200, "test_limit": 60}, "seeds": [0], "classes": [3],
+        "removal": 0.8, "val_fraction": 0.0,
+        "classifier": {"architecture": "mnist-net", "epochs": 1, "batch_size": 64},
+        "attacks": {"per_class": 2, "fgsm_eps": 0.1, "bim_eps": 0.1, "bim_steps": 2},
+        "min_eps": {"per_class": 1, "probes": 2, "steps": 2}, "permutations": 99}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # Ray's workers run one thread each: the same arithmetic in both runs
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    init_ray(num_cpus=2)
+    return ray
+
+
+def numbers(results):
+    """Every number of results.json but the timings (wall times, images per second) and the provenance."""
+    if isinstance(results, dict):
+        return {k: numbers(v) for k, v in results.items()
+                if k not in ("timings", "provenance") and "seconds" not in k and "per_second" not in k}
+    return [numbers(v) for v in results] if isinstance(results, list) else results
+
+
+def test_ray_run_gives_the_local_numbers(tmp_path, ray_local):
+    cfg = from_mapping(imbalance.Config, {**TINY, "device": "cpu"})
+    local = imbalance.run(cfg, tmp_path / "local")
+    with use_executor(RayExecutor()):
+        remote = imbalance.run(cfg, tmp_path / "ray")
+    assert json.dumps(numbers(remote), sort_keys=True) == json.dumps(numbers(local), sort_keys=True)
+    assert {t["stage"] for t in remote["timings"]} == {t["stage"] for t in local["timings"]}
+    assert not list((tmp_path / "ray" / "stages").glob("*.partial-*"))
+
+
+def test_a_failing_stage_is_one_error_and_the_store_stays_consistent(tmp_path, ray_local):
+    def boom():
+        raise RuntimeError("out of memory on the worker")
+
+    with RunStore(tmp_path / "run", executor=RayExecutor().start()) as store:
+        good = store.stage("good", lambda: {"x": torch.arange(3)})
+        bad = store.stage("bad", boom, inputs=[good])
+        with pytest.raises(StoreError, match=r"stage 'bad' failed on a Ray worker \(RuntimeError: out of memory"):
+            bad.payload  # noqa: B018
+        assert torch.equal(good["x"], torch.arange(3))
+    assert sorted(p.name.split("-")[0] for p in (tmp_path / "run" / "stages").iterdir()) == ["good"]
+    with RunStore(tmp_path / "run") as store:  # resumes: the finished stage is served from the store
+        assert store.stage("good", lambda: {"x": torch.zeros(3)}).cached
