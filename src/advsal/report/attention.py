@@ -97,7 +97,8 @@ def attention_findings(results: dict[str, Any]) -> list[dict[str, str]]:
         tests = c.get("tests", [])
         evidence = f" — {tests[0]['label']}: {_evidence(tests[0])} → {tests[0]['outcome']}" if tests else ""
         n_conf = sum(t["outcome"] == "confirmed" for t in tests)
-        out.append({"text": f"{c['claim']} ({c['source']}): {c['verdict']}, {n_conf} of {len(tests)} tests "
+        claim = c["claim"].rstrip(".")
+        out.append({"text": f"{claim} ({c['source']}): {c['verdict']}, {n_conf} of {len(tests)} tests "
                             f"confirmed{evidence}.", "section": "claims"})
     return out
 
