@@ -331,8 +331,11 @@ def run_detector(run_dir: str | Path, name: str, classifier: nn.Module, main: st
     params = (manifest.get("params") or {}).get("detector") or {}
     kinds_found = [cls for cls in DETECTOR_KINDS.values() if issubclass(cls, NetworkDetector)
                    and set(getattr(cls, "_param_names", ())) == set(params)]
-    if len(kinds_found) != 1:
-        raise DetectorFileError(f"{stage_dir}: cannot tell which detector class has params {sorted(params)}")
+    if len(kinds_found) != 1 or not any(k.startswith("d.") for k in payload):
+        raise DetectorFileError(f"detector {name!r} (params {params}) stores only its scores in {run_dir}, not its "
+                                "fitted state: only trained-network detectors (saliency, image, saliency-only, "
+                                "metzen, first-layer, n-plus-one) can be exported from a run; fit this one again "
+                                "and save it with advsal.detection.save_detector")
     detector = kinds_found[0](classifier, **params)
     if payload.get("feature_shape") is not None:
         detector.build(tuple(payload["feature_shape"]))
