@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test bench lint clean report-check
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -27,6 +27,11 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/attacks.py
 	$(BIN)/python benchmarks/saliency.py
 	$(BIN)/python benchmarks/detection.py
+
+## Each study's report.html (tiny runs) in headless Chromium at 800 px: fails on overflow, broken images or
+## console errors; screenshots in runs/report-check/screenshots/. Needs Debian's chromium (apt-get install chromium).
+report-check: $(STAMP)
+	$(BIN)/python tools/report_check.py --out runs/report-check
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
