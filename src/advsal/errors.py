@@ -12,6 +12,10 @@ class AdvsalError(Exception):
     """A user-caused failure; its message names the problem and the fix."""
 
 
+class InputError(AdvsalError, ValueError):
+    """An argument of a library call is invalid: wrong shape, range, name or type of a value the caller passed."""
+
+
 class ConfigError(AdvsalError, ValueError):
     """A study configuration (or command-line option) has a wrong name, type or value."""
 
@@ -32,4 +36,5 @@ class ModelSpecError(AdvsalError, ValueError):
     """A user model (``--model module:factory`` or ``file.py:factory``) cannot be built or is not a classifier."""
 
 
-__all__ = ["AdvsalError", "ConfigError", "DeviceError", "ModelSpecError", "RunBusyError", "StoreError"]
+__all__ = ["AdvsalError", "ConfigError", "DeviceError", "InputError", "ModelSpecError", "RunBusyError",
+           "StoreError"]
