@@ -152,3 +152,33 @@ def test_median_bootstrap_is_scipys_percentile_bootstrap():
                       rng=np.random.default_rng(3)).confidence_interval
     assert out["estimate"] == np.median(v) and (out["lo"], out["hi"]) == pytest.approx((ci.low, ci.high))
     assert stats.median_bootstrap(np.full(4, 2.0), 100, seed=0) == {"n": 4, "estimate": 2.0, "lo": 2.0, "hi": 2.0}
+
+
+def test_equivalence_test_is_two_one_sided_t_tests():
+    rng = np.random.default_rng(3)
+    before = rng.normal(size=40)
+    after = before + rng.normal(0.02, 0.05, 40)
+    res = stats.equivalence_test(after, before, margin=0.1)
+    d = after - before
+    p = max(sp.ttest_1samp(d, -0.1, alternative="greater").pvalue, sp.ttest_1samp(d, 0.1, alternative="less").pvalue)
+    assert res["p"] == pytest.approx(p) and res["p"] < 0.05 and res["n"] == 40
+    assert -0.1 < res["lo"] < res["estimate"] < res["hi"] < 0.1  # the 90% interval inside ±margin ⟺ p < α
+    far = stats.equivalence_test(before + 0.5, before + rng.normal(0, 0.01, 40), margin=0.1)
+    assert far["p"] > 0.5 and far["lo"] > 0.1
+    assert stats.equivalence_test(before + 0.05, before, margin=0.1)["p"] == 0.0  # constant, inside
+    assert math.isnan(stats.equivalence_test(np.array([1.0]), np.array([0.0]), 0.1)["p"])
+
+
+def test_paired_and_spearman_intervals():
+    rng = np.random.default_rng(4)
+    a, b = rng.normal(size=30), rng.normal(size=30)
+    pi = stats.paired_interval(a, b)
+    lo, hi = sp.t.interval(0.95, 29, loc=(a - b).mean(), scale=sp.sem(a - b))
+    assert (pi["lo"], pi["hi"]) == pytest.approx((lo, hi)) and pi["n"] == 30
+    c = a + rng.normal(0, 0.5, 30)
+    si = stats.spearman_interval(a, c)
+    rho = sp.spearmanr(a, c).statistic
+    half = sp.norm.ppf(0.975) * math.sqrt(1.06 / 27)
+    assert si["estimate"] == pytest.approx(rho)
+    assert (si["lo"], si["hi"]) == pytest.approx((math.tanh(math.atanh(rho) - half), math.tanh(math.atanh(rho) + half)))
+    assert math.isnan(stats.spearman_interval(a[:3], c[:3])["lo"])

@@ -229,3 +229,48 @@ def intervals_overlap(a: dict[str, float], b: dict[str, float]) -> bool:
     if any(v is None or not np.isfinite(v) for v in bounds):
         return True
     return a["lo"] <= b["hi"] and b["lo"] <= a["hi"]
+
+
+# -- appended for the attention study (issue #18): equivalence and interval estimates of paired effects ---------
+def equivalence_test(after: np.ndarray, before: np.ndarray, margin: float, alpha: float = 0.05) -> dict[str, Any]:
+    """Paired two one-sided t-tests (TOST; Schuirmann 1987) of H0 "|mean(after − before)| ≥ margin" over the
+    finite pairs, with ``scipy.stats.ttest_1samp`` on the differences against ±``margin``: ``p`` = the larger
+    one-sided p (small → the mean difference lies within ±margin), ``estimate`` (mean difference), ``lo``/``hi``
+    (its 1 − 2α Student-t interval: equivalent at level α exactly when it lies inside ±margin), ``effect``
+    (paired dominance, as :func:`paired_test`), ``margin`` and ``n``."""
+    a, b = finite_pairs(after, before)
+    d = a - b
+    out = {"n": len(d), "estimate": float(d.mean()) if len(d) else math.nan, "lo": math.nan, "hi": math.nan,
+           "effect": float(np.sign(d).mean()) if len(d) else math.nan, "p": math.nan, "margin": float(margin)}
+    if len(d) < 2:
+        return out
+    if np.ptp(d) == 0:  # no spread: equivalent exactly when the constant difference lies inside the margin
+        out.update(lo=out["estimate"], hi=out["estimate"], p=0.0 if abs(out["estimate"]) < margin else 1.0)
+        return out
+    p_low = stats.ttest_1samp(d, -margin, alternative="greater").pvalue
+    p_high = stats.ttest_1samp(d, margin, alternative="less").pvalue
+    lo, hi = stats.t.interval(1 - 2 * alpha, len(d) - 1, loc=d.mean(), scale=stats.sem(d))
+    out.update(p=float(max(p_low, p_high)), lo=float(lo), hi=float(hi))
+    return out
+
+
+def paired_interval(after: np.ndarray, before: np.ndarray, level: float = 0.95) -> dict[str, float]:
+    """Mean of the paired differences ``after − before`` (finite pairs) with its Student-t interval, as
+    ``estimate``/``lo``/``hi``/``n`` (:func:`mean_ci` of the differences)."""
+    a, b = finite_pairs(after, before)
+    m = mean_ci(a - b, level)
+    return {"estimate": m["mean"], "lo": m["lo"], "hi": m["hi"], "n": m["n"]}
+
+
+def spearman_interval(a: np.ndarray, b: np.ndarray, level: float = 0.95) -> dict[str, float]:
+    """Spearman's ρ over the finite pairs with a Fisher-z interval, standard error √(1.06 / (n − 3)) (Fieller,
+    Hartley & Pearson 1957); NaN bounds with fewer than 4 pairs or a constant side."""
+    a, b = finite_pairs(a, b)
+    out = {"estimate": math.nan, "lo": math.nan, "hi": math.nan, "n": len(a)}
+    if len(a) < 4 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return out
+    rho = float(stats.spearmanr(a, b).statistic)
+    z, half = math.atanh(min(max(rho, -0.999999), 0.999999)), stats.norm.ppf(0.5 + level / 2) * math.sqrt(
+        1.06 / (len(a) - 3))
+    out.update(estimate=rho, lo=math.tanh(z - half), hi=math.tanh(z + half))
+    return out
