@@ -154,6 +154,59 @@ def test_median_bootstrap_is_scipys_percentile_bootstrap():
     assert stats.median_bootstrap(np.full(4, 2.0), 100, seed=0) == {"n": 4, "estimate": 2.0, "lo": 2.0, "hi": 2.0}
 
 
+# --- right-censored values and seed-level tests (imbalance study, issue #18) ---------------------------------
+
+
+def test_km_median_matches_a_hand_kaplan_meier_and_scipy():
+    # events at 1, 2, 3, 5; censored at 2 (at risk at the event there), 4, 6: S(1) = 6/7, S(2) = 6/7·5/6 = 5/7,
+    # S(3) = 5/7·3/4 = 15/28 > 0.5, S(5) = 15/28·1/2 ≤ 0.5 → median 5; treating censored values as exact gives 3
+    v = np.array([1, 2, 2, 3, 4, 5, 6], dtype=float)
+    c = np.array([0, 0, 1, 0, 1, 0, 1], dtype=bool)
+    m = stats.km_median(v, c)
+    assert m["median"] == 5.0 and np.median(v) == 3.0 and m["n"] == 7 and m["n_censored"] == 3
+    sf = sp.ecdf(sp.CensoredData(uncensored=v[~c], right=v[c])).sf
+    np.testing.assert_allclose(sf.evaluate([1, 2, 3, 5]), [6 / 7, 5 / 7, 15 / 28, 15 / 56])
+    assert m["lo"] <= m["median"] <= m["hi"]
+    # more than half censored at the largest value: the median lies beyond it
+    assert stats.km_median(np.array([0.1, 0.3, 0.3, 0.3]), np.array([0, 1, 1, 1], bool))["median"] == math.inf
+    assert stats.km_median(np.array([0.3, 0.3]), np.array([1, 1], bool))["median"] == math.inf
+    # no censoring: the ordinary lower median
+    assert stats.km_median(np.array([4.0, 1, 3, 2]), np.zeros(4, bool))["median"] == 2.0
+    with pytest.raises(ValueError, match="same length"):
+        stats.km_median(np.ones(3), np.ones(2, bool))
+
+
+def test_logrank_test_agrees_with_scipy_and_detects_a_shift():
+    rng = np.random.default_rng(0)
+    a, b = rng.exponential(1.0, 40), rng.exponential(3.0, 40)
+    ac, bc = a > 2.0, b > 2.0  # censored at 2 (an ε_max): the values become "at least 2"
+    a, b = np.minimum(a, 2.0), np.minimum(b, 2.0)
+    res = stats.logrank_test(a, ac, b, bc)
+    ref = sp.logrank(sp.CensoredData(uncensored=a[~ac], right=a[ac]),
+                     sp.CensoredData(uncensored=b[~bc], right=b[bc]))
+    assert res["p"] == pytest.approx(ref.pvalue) and res["statistic"] == pytest.approx(ref.statistic)
+    assert res["p"] < 0.01 and res["statistic"] > 0  # a has the smaller values: more events than expected
+    assert res["events"] == int((~ac).sum() + (~bc).sum())
+    same = stats.logrank_test(a, ac, a, ac)
+    assert same["p"] == pytest.approx(1.0)
+    assert math.isnan(stats.logrank_test(a, ac, np.array([]), np.array([], bool))["p"])
+    assert math.isnan(stats.logrank_test(a, np.ones(40, bool), b, np.ones(40, bool))["p"])  # no event
+
+
+def test_seed_level_test_is_a_t_test_and_a_sign_test_over_seeds():
+    d = np.array([0.10, 0.20, 0.05, 0.30, 0.10, np.nan])
+    res = stats.seed_level_test(d)
+    ref = sp.ttest_1samp(d[:5], 0.0)
+    assert res["n"] == 5 and res["p"] == pytest.approx(ref.pvalue)
+    lo, hi = ref.confidence_interval()
+    assert res["lo"] == pytest.approx(lo) and res["hi"] == pytest.approx(hi)
+    assert res["p_sign"] == pytest.approx(2 / 2 ** 5) and res["consistent"] and res["up"] == 5
+    mixed = stats.seed_level_test(np.array([0.3, -0.1, 0.2]))
+    assert not mixed["consistent"] and mixed["down"] == 1 and mixed["p_sign"] == pytest.approx(1.0)
+    assert stats.seed_level_test(np.zeros(3))["p"] == 1.0 and not stats.seed_level_test(np.zeros(3))["consistent"]
+    assert math.isnan(stats.seed_level_test(np.array([0.2]))["p"])
+
+
 def test_equivalence_test_is_two_one_sided_t_tests():
     rng = np.random.default_rng(3)
     before = rng.normal(size=40)
