@@ -248,3 +248,36 @@ def test_changing_a_field_recomputes_exactly_the_stages_downstream(tiny_run, tin
 
 def _merge(base: dict, change: dict) -> dict:
     return {k: {**base.get(k, {}), **v} if isinstance(v, dict) else v for k, v in change.items()}
+
+
+def test_tiny_run_tests_every_image_holm_corrects_and_reports_ape_s_area_and_emptiness(tiny_run):
+    run_dir, _ = tiny_run
+    stored = json.loads((run_dir / "results.json").read_text())
+    md = (run_dir / "report.md").read_text()
+    for c in stored["comparisons"]:
+        for metric in ("ape", "ape_s", "cc_hit_rate"):
+            t = c[metric]
+            assert t["n"] == 4  # every image, also those with an empty mask (a CC miss)
+            assert t["p_holm"] is None or t["p_holm"] >= t["p"]
+        assert c["area"]["n"] == 4
+    for row in stored["table1"]:
+        per = stored["per_image"][row["id"]]
+        cc, cc_all = np.array(per["cc_hit_rate"], float), np.array(per["cc_hit_all"], float)
+        np.testing.assert_allclose(cc_all, np.where(np.isfinite(cc), cc, 0.0))
+        assert row["ape_s"] == pytest.approx(1 - row["l0"] + row["tv"] + row["ape_s_classification"])
+    assert len(stored["emptiness"]) == 4
+    for e in stored["emptiness"]:
+        assert e["n_saturated"] + e["n_unsaturated"] == 4
+    assert "## Empty regularized masks against the clean confidence" in md and "APE_S" in md
+    assert "inception-resnet-v2" not in md and "Inception v3" in md
+
+
+def test_holm_family_rereads_the_verdicts_from_the_corrected_p():
+    rng = np.random.default_rng(1)
+    base = rng.random(10)
+    tests = [explanation.paired_comparison(base + 0.05 + 0.01 * rng.random(10), base, True, 0.05)
+             for _ in range(40)]
+    assert all(t["verdict"] == "worse" for t in tests)  # exact p = 2/2^10 ≈ 0.002 each, below 0.05 alone
+    assert all(t["lo"] <= t["diff"] <= t["hi"] for t in tests)
+    analysis.holm_family(tests, 0.05)
+    assert all(t["p_holm"] > 0.05 and t["verdict"] == "no significant difference" for t in tests)

@@ -13,29 +13,32 @@ import torch
 
 from ...explanation import localization_scores
 from ...store import Stage
-from ..stats import finite_pairs, nanmean, paired_test
+from ..stats import finite_pairs, holm, mean_ci, nanmean, paired_test
 from .config import Config
 from .protocol import PAPER_TABLE1, meaningful_rows, regularized_rows
 from .steps import Explained
 
 CONTRAST_MAPS = (("gradient", "gradient"), ("gradcam", "Grad-CAM"))
+PER_IMAGE_KEYS = ("ape", "ape_s", "cc_hit_rate", "cc_hit_all", "classification", "area")
+SATURATED = 1e-4  # clean 1 − p at or below this: Eq. 13's probability term has (almost) no gradient
 
 
 def tabulate(cfg: Config, chosen: Explained, ours: dict[str, Stage], scans: dict[str, Stage],
              masks: dict[str, Stage], maps: Stage | None, contrast: dict[str, Stage]) -> dict[str, Any]:
     """The results of the study (everything but the header and timings the engine adds)."""
     gt, conn = chosen.gt, cfg.connectivity
+    clean = chosen.stage["probability"].double().numpy()
     per_image: dict[str, dict[str, np.ndarray]] = {}
     table: list[dict[str, Any]] = []
     for row in meaningful_rows(cfg):
         scan, mp = scans[row["id"]], masks[row["id"]]
-        per_image[row["id"]] = per_image_scores(scan, scan["mask"], scan["saliency"], gt, conn)
+        per_image[row["id"]] = per_image_scores(scan, scan["mask"], scan["saliency"], gt, conn, clean)
         table.append({**row, **summarize(per_image[row["id"]]), "seconds": float(mp["seconds"] + scan["seconds"]),
                       "threshold": float(scan["threshold"]), "library_tv_coeff": float(mp["library_tv_coeff"])})
     for row in regularized_rows(cfg):  # Table 1 order: the MP rows, then ours
         pay = ours[row["id"]]
-        per_image[row["id"]] = per_image_scores(pay, pay["mask"], pay["saliency"], gt, conn)
-        phase1 = summarize(per_image_scores(pay, pay["mask"], pay["saliency"], gt, conn, "phase1_"))
+        per_image[row["id"]] = per_image_scores(pay, pay["mask"], pay["saliency"], gt, conn, clean)
+        phase1 = summarize(per_image_scores(pay, pay["mask"], pay["saliency"], gt, conn, clean, "phase1_"))
         table.append({**row, **summarize(per_image[row["id"]]), "seconds": float(pay["seconds"]), "phase1": phase1})
 
     contrast_rows: list[dict[str, Any]] = []
@@ -46,7 +49,7 @@ def tabulate(cfg: Config, chosen: Explained, ours: dict[str, Stage], scans: dict
             crow = {"id": f"{name}@{row['id']}", "family": "contrast", "method": f"{label} top-k",
                     "area_of": row["id"], "loss": row["loss"], "l0_coeff": row["l0_coeff"],
                     "tv_coeff": row["tv_coeff"], "tv_gamma": None}
-            per_image[crow["id"]] = per_image_scores(sub, sub["mask"], maps[name], gt, conn)
+            per_image[crow["id"]] = per_image_scores(sub, sub["mask"], maps[name], gt, conn, clean)
             contrast_rows.append({**crow, **summarize(per_image[crow["id"]]), "seconds": float(pay["seconds"]) / 2})
 
     probability = chosen.stage["probability"]
@@ -61,11 +64,11 @@ def tabulate(cfg: Config, chosen: Explained, ours: dict[str, Stage], scans: dict
         "table1": table,
         "contrast": contrast_rows,
         "paper_table1": PAPER_TABLE1,
-        "per_image": {rid: {k: v.tolist() for k, v in vals.items() if k in ("ape", "cc_hit_rate", "classification",
-                                                                             "area")}
+        "per_image": {rid: {k: v.tolist() for k, v in vals.items() if k in PER_IMAGE_KEYS}
                       for rid, vals in per_image.items()},
         "comparisons": compare_rows(table, per_image, cfg.alpha),
         "contrast_comparisons": compare_contrast(contrast_rows, per_image, cfg.alpha),
+        "emptiness": emptiness(table, per_image, clean),
         "figure_rows": [r["id"] for r in table] + [r["id"] for r in contrast_rows],
     }
 
@@ -87,18 +90,29 @@ def figure_maps(cfg: Config, chosen: Explained, ours: dict[str, Stage], scans: d
 
 # ------------------------------------------------------------------------------------------------ per row
 def per_image_scores(payload: Any, mask: torch.Tensor, saliency: torch.Tensor, gt: torch.Tensor,
-                     connectivity: int, prefix: str = "") -> dict[str, np.ndarray]:
-    """APE_D terms (stored by the stage) and localisation scores of one row, per image."""
+                     connectivity: int, clean: np.ndarray, prefix: str = "") -> dict[str, np.ndarray]:
+    """APE_D terms (stored by the stage), APE_S of the same Î and localisation scores of one row, per image.
+
+    APE_S (seed 003 Eq. 9, unit weights) needs no model call: the kept elements are the complement of the
+    changed ones, so L0(1 − B)/N = 1 − L0(B)/N, TV(1 − B) = TV(B), and its classification term is
+    |M(Î)_i − M(I)_i| with M(I)_i the clean probability ``clean`` stored by the selection stage.
+    ``cc_hit_all`` is the CC hit rate with an empty mask counted as a miss (0), so comparisons keep every image
+    instead of selecting the images where a method produced a mask."""
     loc = localization_scores(mask, gt, saliency, connectivity)
     out = {k: payload[f"{prefix}{k}"].double().numpy() for k in ("l0", "tv", "classification", "ape")}
-    out.update(cc_hit_rate=loc.cc_hit_rate.double().numpy(), pointing=loc.pointing.double().numpy(),
+    cc = loc.cc_hit_rate.double().numpy()
+    out.update(cc_hit_rate=cc, cc_hit_all=np.where(np.isfinite(cc), cc, 0.0), pointing=loc.pointing.double().numpy(),
                area=loc.area.double().numpy(), components=loc.components.double().numpy())
+    out["ape_s_l0"] = 1.0 - out["l0"]
+    out["ape_s_classification"] = np.abs(out["classification"] - clean)
+    out["ape_s"] = out["ape_s_l0"] + out["tv"] + out["ape_s_classification"]
     return out
 
 
 def summarize(per_image: dict[str, np.ndarray]) -> dict[str, Any]:
-    """Table 1 columns (set means) and the localisation companions of one row; the CC hit rate as the mean
-    over images with a non-empty mask and pooled over all components."""
+    """Table 1 columns (set means), APE_S and the localisation companions of one row; the CC hit rate as the
+    mean over images with a non-empty mask (Table 1's reading), over all images with an empty mask counted as a
+    miss (``cc_hit_all``), and pooled over all components."""
     comps, cc = per_image["components"], per_image["cc_hit_rate"]
     defined = np.isfinite(cc)
     pooled = float((cc[defined] * comps[defined]).sum() / comps[defined].sum()) if comps[defined].sum() else math.nan
@@ -106,34 +120,52 @@ def summarize(per_image: dict[str, np.ndarray]) -> dict[str, Any]:
             "classification": float(per_image["classification"].mean()), "ape": float(per_image["ape"].mean()),
             "cc_hit_rate": nanmean(cc), "cc_hit_pooled": pooled, "pointing": nanmean(per_image["pointing"]),
             "area": float(per_image["area"].mean()), "components": float(comps.mean()),
-            "empty_masks": int((~defined).sum())}
+            "empty_masks": int((~defined).sum()), "cc_hit_all": float(per_image["cc_hit_all"].mean()),
+            "ape_s": float(per_image["ape_s"].mean()), "ape_s_l0": float(per_image["ape_s_l0"].mean()),
+            "ape_s_classification": float(per_image["ape_s_classification"].mean())}
 
 
 # ------------------------------------------------------------------------------------------------ comparisons
 def paired_comparison(a: np.ndarray, b: np.ndarray, lower_is_better: bool, alpha: float) -> dict[str, Any]:
     """Row a vs row b on the same images (``stats.paired_test``, Wilcoxon signed-rank two-sided, over the images
-    where both are defined): means of both, mean difference a − b, p and the verdict for a: better / worse
-    (p < alpha, in the direction of the mean difference), no significant difference, or not testable."""
+    where both are defined): means of both, mean difference a − b with its 95% Student-t interval (``lo``,
+    ``hi``), p and the verdict for a: better / worse (p < alpha, in the direction of the mean difference), no
+    significant difference, or not testable. :func:`holm_family` later adds ``p_holm`` and re-reads the verdict
+    from it."""
     fa, fb = finite_pairs(a, b)
     test = paired_test(fa, fb)
+    ci = mean_ci(fa - fb)
     out: dict[str, Any] = {"n": test["n"], "a": nanmean(fa), "b": nanmean(fb), "diff": test["estimate"],
-                           "p": test["p"], "verdict": "not testable"}
-    if not test["n"]:
-        return out
-    sign = -1.0 if lower_is_better else 1.0
-    if out["p"] < alpha and sign * out["diff"] > 0:
-        out["verdict"] = "better"
-    elif out["p"] < alpha and sign * out["diff"] < 0:
-        out["verdict"] = "worse"
-    else:
-        out["verdict"] = "no significant difference"
+                           "lo": ci["lo"], "hi": ci["hi"], "p": test["p"], "p_holm": test["p"],
+                           "lower_is_better": lower_is_better, "verdict": "not testable"}
+    out["verdict"] = _verdict(out, "p", alpha)
     return out
+
+
+def _verdict(c: dict[str, Any], p_key: str, alpha: float) -> str:
+    if not c["n"] or not np.isfinite(c[p_key]):
+        return "not testable"
+    sign = -1.0 if c["lower_is_better"] else 1.0
+    if c[p_key] < alpha and sign * c["diff"] > 0:
+        return "better"
+    if c[p_key] < alpha and sign * c["diff"] < 0:
+        return "worse"
+    return "no significant difference"
+
+
+def holm_family(tests: list[dict[str, Any]], alpha: float) -> None:
+    """Holm-correct one family of paired comparisons in place (``stats.holm``): ``p_holm`` per test and the
+    verdict read from it."""
+    for t, p in zip(tests, holm([t["p"] for t in tests]), strict=True):
+        t["p_holm"] = p
+        t["verdict"] = _verdict(t, "p_holm", alpha)
 
 
 def compare_rows(rows: list[dict[str, Any]], per_image: dict[str, dict[str, np.ndarray]],
                  alpha: float) -> list[dict[str, Any]]:
     """Every regularized row against the MP rows with the same (L0, TV) coefficients (the rows seed 003
-    Table 1 sets side by side), paired over images."""
+    Table 1 sets side by side), paired over all images: APE_D, APE_S and the CC hit rate with an empty mask
+    counted as a miss. One Holm family over all the tests of the table."""
     out = []
     for ours in (r for r in rows if r["family"] == "ours"):
         for mp in (r for r in rows if r["family"] == "mp"):
@@ -142,21 +174,52 @@ def compare_rows(rows: list[dict[str, Any]], per_image: dict[str, dict[str, np.n
             a, b = per_image[ours["id"]], per_image[mp["id"]]
             out.append({"ours": ours["id"], "mp": mp["id"], "ours_method": ours["method"], "mp_method": mp["method"],
                         "l0_coeff": ours["l0_coeff"], "tv_coeff": ours["tv_coeff"], "tv_gamma": mp["tv_gamma"],
-                        "ape": paired_comparison(a["ape"], b["ape"], True, alpha),
-                        "cc_hit_rate": paired_comparison(a["cc_hit_rate"], b["cc_hit_rate"], False, alpha),
-                        "paper": paper_verdicts(ours, mp)})
+                        **_tests(a, b, alpha), "paper": paper_verdicts(ours, mp)})
+    holm_family([c[m] for c in out for m in TESTED], alpha)
     return out
+
+
+METRICS = ("ape", "ape_s", "cc_hit_rate", "area")
+TESTED = ("ape", "ape_s", "cc_hit_rate")  # the verdicts (one Holm family); the area is reported beside them
+
+
+def _tests(a: dict[str, np.ndarray], b: dict[str, np.ndarray], alpha: float) -> dict[str, dict[str, Any]]:
+    """APE_D, APE_S (lower is better), CC hit rate over all images (empty = miss; higher is better) and, for
+    reading them, the mask area (lower = smaller explanation)."""
+    return {"ape": paired_comparison(a["ape"], b["ape"], True, alpha),
+            "ape_s": paired_comparison(a["ape_s"], b["ape_s"], True, alpha),
+            "cc_hit_rate": paired_comparison(a["cc_hit_all"], b["cc_hit_all"], False, alpha),
+            "area": paired_comparison(a["area"], b["area"], True, alpha)}
 
 
 def compare_contrast(contrast: list[dict[str, Any]], per_image: dict[str, dict[str, np.ndarray]],
                      alpha: float) -> list[dict[str, Any]]:
-    """Every regularized row against the gradient / Grad-CAM masks of the same area (same phase 2)."""
+    """Every regularized row against the gradient / Grad-CAM masks of the same area (same phase 2); one Holm
+    family."""
     out = []
     for c in contrast:
         a, b = per_image[c["area_of"]], per_image[c["id"]]
         out.append({"ours": c["area_of"], "contrast": c["id"], "contrast_method": c["method"],
                     "ape": paired_comparison(a["ape"], b["ape"], True, alpha),
-                    "cc_hit_rate": paired_comparison(a["cc_hit_rate"], b["cc_hit_rate"], False, alpha)})
+                    "cc_hit_rate": paired_comparison(a["cc_hit_all"], b["cc_hit_all"], False, alpha)})
+    holm_family([c[m] for c in out for m in ("ape", "cc_hit_rate")], alpha)
+    return out
+
+
+def emptiness(rows: list[dict[str, Any]], per_image: dict[str, dict[str, np.ndarray]],
+              clean: np.ndarray) -> list[dict[str, Any]]:
+    """Empty regularized masks against the clean confidence: per "ours" row, the count of empty masks among the
+    saturated images (clean 1 − p ≤ ``SATURATED``, where Eq. 13's probability has almost no gradient) and among
+    the others, and the median clean 1 − p of the images with and without an empty mask."""
+    slack = 1.0 - clean
+    sat = slack <= SATURATED
+    out = []
+    for r in (r for r in rows if r["family"] == "ours"):
+        empty = ~np.isfinite(per_image[r["id"]]["cc_hit_rate"])
+        out.append({"row": r["id"], "n_saturated": int(sat.sum()), "empty_saturated": int((empty & sat).sum()),
+                    "n_unsaturated": int((~sat).sum()), "empty_unsaturated": int((empty & ~sat).sum()),
+                    "median_slack_empty": float(np.median(slack[empty])) if empty.any() else math.nan,
+                    "median_slack_nonempty": float(np.median(slack[~empty])) if (~empty).any() else math.nan})
     return out
 
 

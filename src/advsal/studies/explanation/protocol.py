@@ -12,7 +12,8 @@ from .config import Config
 
 LOSS_TAGS = {"probability": "prob", "log-complement": "logc"}  # short names for row ids and stage names
 
-#: Seed 003 Table 1 (DDSM mammograms, inception-resnet-v2 features, ~2,000 validation images), copied from the
+#: Seed 003 Table 1 (DDSM mammograms, "inception-resnet-v3" features — the seed's name; its reference [12] is
+#: Inception v3 — ~2,000 validation images), copied from the
 #: paper: method, L0 approx. coeff, tv coeff, tv_γ (None: "-"), then L0, tv, classification, APE_D (α_sp = α_sm =
 #: α_cl = 1) and the CC hit rate in %.
 PAPER_TABLE1: list[dict[str, Any]] = [
