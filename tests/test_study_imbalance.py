@@ -187,3 +187,70 @@ def test_a_changed_field_recomputes_exactly_the_stages_downstream(tiny_run, devi
     results = imbalance.run(tiny_config(device, **change), run_dir)
     assert recomputed(results) == downstream
     assert len(results["timings"]) == 9
+
+
+# --- censored minimal ε, seed-level verdicts, margin conditioning (issue #18) ----------------------------------
+
+
+def test_tiny_run_rows_name_their_test_baseline_and_interval(tiny_run):
+    _, results = tiny_run
+    for t in results["tests"]:
+        assert t["test"] and t["baseline"].startswith("balanced model") and "seed_lo" in t and "seed_hi" in t
+        assert t["direction"] in ("up", "down", "none")
+        if t["attack"] == "min_eps":  # censored values: log-rank with Kaplan–Meier medians, not a paired mean
+            assert "log-rank" in t["test"] and {"median", "lo", "hi"} <= set(t["km_balanced"])
+    # one seed: no seed-level test, hence no direction anywhere, and the headline says why
+    assert all(t["direction"] == "none" and not t["seed_significant"] for t in results["tests"])
+    answer = next(c for c in results["conclusions"] if c.startswith("Answer:"))
+    assert "direction established" not in answer
+
+
+def _fake_rows(seed_diffs_per_class, significant=True):
+    return [{"seed_differences": list(d), "significant": significant, "difference": float(np.mean(d)),
+             "class": c} for c, d in enumerate(seed_diffs_per_class)]
+
+
+def test_headline_states_a_direction_only_when_the_seeds_agree_and_the_seed_test_is_significant():
+    from advsal.studies.imbalance.analysis import headline_tests
+
+    agree = {("bim", "own_success"): _fake_rows([[0.10, 0.12, 0.09, 0.11, 0.13], [0.08, 0.1, 0.12, 0.09, 0.1]])}
+    h = headline_tests(agree, alpha=0.05)[0]
+    assert h["direction"] == "up" and h["n"] == 5 and h["consistent"] and h["lo"] > 0
+    # same mean, image-level significant everywhere, but one seed goes the other way: no direction
+    one_flips = {("bim", "own_success"): _fake_rows([[0.30, 0.12, 0.09, 0.11, -0.02], [0.1, 0.1, 0.12, 0.09, -0.01]])}
+    h = headline_tests(one_flips, alpha=0.05)[0]
+    assert h["direction"] == "none" and not h["consistent"] and h["image_up"] == 2
+    # agreeing seeds but too noisy for the t-test: no direction either
+    noisy = {("bim", "own_success"): _fake_rows([[0.5, 0.01, 0.02, 0.01, 0.6]])}
+    h = headline_tests(noisy, alpha=0.05)[0]
+    assert h["consistent"] and h["p"] > 0.05 and h["direction"] == "none"
+
+
+def test_margin_adjusted_removes_a_difference_driven_only_by_clean_margins():
+    from advsal.studies.imbalance.analysis import margin_adjusted
+
+    # every image is of class 0 and classified correctly; success depends only on the clean confidence
+    # (fooled below 0.9), and the depleted model simply has more low-confidence images than the balanced one
+    levels = np.array([0.6, 0.8, 0.95, 0.99])
+    rng = np.random.default_rng(0)
+    payloads = {}
+
+    def model(conf):
+        return {"clean_pred": np.zeros(60, dtype=np.int64), "clean_conf": conf,
+                "bim.untargeted.pred": np.where(conf < 0.9, 1, 0)}
+
+    for seed in range(3):
+        bal_conf = levels[rng.choice(4, 60, p=[0.1, 0.1, 0.4, 0.4])]
+        dep_conf = levels[rng.choice(4, 60, p=[0.4, 0.4, 0.1, 0.1])]
+        payloads[seed] = {"balanced": model(bal_conf), "deplete0": model(dep_conf)}
+    naive = np.mean([(p["deplete0"]["bim.untargeted.pred"] != 0).mean() - (p["balanced"]["bim.untargeted.pred"]
+                                                                           != 0).mean() for p in payloads.values()])
+    assert naive > 0.3  # an unconditional comparison calls the depleted model far easier to fool
+    res = margin_adjusted(np.zeros(60, dtype=np.int64), payloads, 0, "bim", own=True, resamples=200, seed=0)
+    assert res["estimate"] == pytest.approx(0.0, abs=1e-12) and res["p"] == 1.0
+    assert res["margin_depleted"] < res["margin_balanced"]
+    # a real effect at equal margins is kept: the depleted model is fooled on every image
+    for p in payloads.values():
+        p["deplete0"]["bim.untargeted.pred"] = np.ones(60, dtype=np.int64)
+    res = margin_adjusted(np.zeros(60, dtype=np.int64), payloads, 0, "bim", own=True, resamples=200, seed=0)
+    assert res["estimate"] > 0.3 and res["p"] < 0.01 and res["lo"] > 0

@@ -94,7 +94,9 @@ def _method_paragraphs(rep: Report, results: dict[str, Any]) -> None:
         "class (§3.5 'descent'). Minimal ε per example (advsal.attacks.minimal_epsilon_per_example): BIM at "
         f"ε = {me['eps_max']:g}, then bisection of [0, {me['eps_max']:g}] with {me['probes']} halvings (resolution "
         f"{me['eps_max'] / 2 ** me['probes']:.4f}, BIM with {me['steps']} steps), on "
-        f"{data['min_eps_per_class']} images per class; images never fooled count as {me['eps_max']:g}.")
+        f"{data['min_eps_per_class']} images per class; images never fooled up to ε_max are right-censored there "
+        "(at least ε_max): medians are Kaplan–Meier medians ('> ε_max' where more than half were never fooled), "
+        "the image-level test is the log-rank test, and means are restricted means of min(ε, ε_max).")
 
 
 def imbalance_findings(results: dict[str, Any]) -> list[dict[str, str]]:
@@ -111,7 +113,10 @@ def imbalance_findings(results: dict[str, Any]) -> list[dict[str, str]]:
         n_sig = sum(1 for t in tests if t["significant"])
         alpha = results.get("config", {}).get("alpha")
         out.append({"text": f"{n_sig} of {len(tests)} paired comparisons (depleted vs balanced model, same images) "
-                            f"are significant after Holm's correction (α = {alpha:g}).", "section": "tests"})
+                            f"are significant after Holm's correction (α = {alpha:g}) at the image level (these "
+                            f"trained models); {sum(1 for t in tests if t.get('direction', 'none') != 'none')} "
+                            "also at the seed level with every seed agreeing (a stated direction).",
+                    "section": "tests"})
     return out[:6]
 
 
@@ -133,14 +138,16 @@ def render_imbalance_report(run_dir: Path, results: dict[str, Any]) -> tuple[Pat
     rep.heading("Conclusion (generated from the measured numbers)")
     rep.bullets(results["conclusions"])
     rep.paragraph(
-        "Test: for every depleted class d, attack and question, the depleted model is compared with the "
-        "balanced model of the same seed on the same images — those both classify correctly, so clean errors "
-        "do not count as attack success (except 'own acc. under attack', which uses all of d's images). The "
-        "paired per-image differences of all seeds are pooled and tested with a two-sided sign-flip "
-        f"permutation test ({cfg['permutations']} resamples, exact below 17 non-zero differences); the "
-        f"{len(tests)} p-values are corrected with Holm's step-down method at family-wise α = "
-        f"{cfg['alpha']:g}. Images are the unit of replication, so the test speaks for these trained models; "
-        "the spread over seeds (± std, and how many seeds moved each way) shows how much retraining varies.")
+        "Tests: for every depleted class d, attack and question, the baseline is the balanced model of the same "
+        "seed on the same images — those both classify correctly, so clean errors do not count as attack "
+        "success (except 'own acc. under attack', which uses all of d's images). Image level: the paired "
+        "per-image differences of all seeds pooled, two-sided sign-flip permutation test "
+        f"({cfg['permutations']} resamples, exact below 17 non-zero differences); for the minimal ε the log-rank "
+        "test on the censored values instead. It speaks for these trained models. Seed level: the per-seed mean "
+        "differences, one-sample t-test over seeds with its 95% interval — it speaks for depletion over "
+        f"training randomness. Each family of {len(tests)} p-values is Holm-corrected at α = {cfg['alpha']:g}. "
+        "A direction is stated only where both levels are significant and every seed moved the same way.")
+    _headline_table(rep, results)
 
     _table52(rep, results)
 
@@ -175,11 +182,12 @@ def render_imbalance_report(run_dir: Path, results: dict[str, Any]) -> tuple[Pat
     for lab, rn in zip(labels, row_names, strict=True):
         v = vul[lab]
         rows.append([rn, *[_f(x) for x in v["bim.success_rate"]], _nanmean(_arr(v["bim.mean_confidence"])),
-                     _nanmean(_arr(v["min_eps.median"]))])
+                     _eps(_median_over_classes(v["min_eps.median"]), cfg["min_eps"]["eps_max"])])
     rep.table(["model", *[f"BIM succ. {n}" for n in names], "mean adv. confidence", "median min ε"], rows,
               caption="BIM untargeted success per class; mean softmax confidence of the successful "
-                      "adversarial predictions and the per-class median minimal ε, both averaged over "
-                      "classes; means over seeds.")
+                      "adversarial predictions (averaged over classes; means over seeds); median over classes "
+                      "of the per-class Kaplan–Meier median minimal ε (seeds pooled; '> ε_max' where more "
+                      "than half of the images were never fooled).")
 
     rep.heading("All paired tests", anchor="tests")
     rows = []
@@ -188,10 +196,19 @@ def render_imbalance_report(run_dir: Path, results: dict[str, Any]) -> tuple[Pat
         rows.append([names[t["class"]], ATTACK_LABELS[t["attack"]], QUESTION_LABELS[t["question"]],
                      _pm(t["balanced_mean"], t["balanced_std"], digits),
                      _pm(t["depleted_mean"], t["depleted_std"], digits), _signed(t["difference"], digits),
-                     f"{t['seeds_up']}↑ {t['seeds_down']}↓", t["n_pairs"], t["n_discordant"],
-                     _f(t["p_value"]), _f(t["p_holm"]), t["significant"]])
-    rep.table(["depleted class", "attack", "question", "balanced", "depleted", "difference", "seeds",
-               "pairs", "non-zero", "p", "p (Holm)", "significant"], rows, digits=4)
+                     "log-rank" if t["attack"] == "min_eps" else "sign-flip", t["n_pairs"],
+                     _f(t["p_value"]), _f(t["p_holm"]), f"{t['seeds_up']}↑ {t['seeds_down']}↓",
+                     _interval(t.get("seed_lo"), t.get("seed_hi"), digits), _f(t.get("seed_p_holm")),
+                     t.get("direction", "–")])
+    rep.table(["depleted class", "attack", "question", "balanced", "depleted", "difference", "image test",
+               "pairs", "p", "p (Holm)", "seeds", "seed 95% CI", "seed p (Holm)", "direction"], rows, digits=4,
+              caption="Baseline of every row: the balanced model of the same seed on the same images. Image "
+                      "test: sign-flip permutation over seeds × images, or for min ε the log-rank test "
+                      "(never-fooled images censored at ε_max; means there are restricted means). Seed level: "
+                      "one-sample t over the per-seed mean differences (interval: Student t). Direction: "
+                      "stated only when both Holm-adjusted p-values are below α and all seeds agree.")
+    _km_table(rep, results)
+    _margin_table(rep, results)
 
     rep.heading("Confusion matrices (test set, summed over seeds)")
     for lab, rn in zip(labels, row_names, strict=True):
@@ -319,3 +336,86 @@ def _vulnerability_section(rep: Report, results: dict[str, Any], fig_dir: Path) 
                              "minimal ε of the depleted class's images", "minimal L∞ ε"),
                "Per-example minimal ε (BIM bisection) of each depleted class's images that the model "
                "classifies correctly, balanced ('bal') vs depleted ('dep') model, pooled over seeds.")
+
+
+def _interval(lo: Any, hi: Any, digits: int, scale: float = 1.0) -> str:
+    a, b = _f(lo), _f(hi)
+    return "–" if not (np.isfinite(a) and np.isfinite(b)) else f"[{a * scale:+.{digits}f}, {b * scale:+.{digits}f}]"
+
+
+def _eps(v: Any, eps_max: float) -> str:
+    x = _f(v)
+    return "–" if np.isnan(x) else (f"> {eps_max:g}" if x > eps_max else f"{x:.4f}")
+
+
+def _headline_table(rep: Report, results: dict[str, Any]) -> None:
+    """The headline questions at the seed level (the verdicts of the report's answer sentence)."""
+    from ..studies.imbalance.analysis import headline_tests
+
+    by_key: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for t in results["tests"]:
+        by_key.setdefault((t["attack"], t["question"]), []).append(t)
+    heads = headline_tests(by_key, results["config"]["alpha"])
+    rows = []
+    for h in heads:
+        sc, dg = h["scale"], h["digits"]
+        rows.append([h["what"], h["test"], h["baseline"], _signed(h["estimate"], dg, sc),
+                     _interval(h["lo"], h["hi"], dg, sc), ", ".join(_signed(v, dg, sc) for v in h["seed_means"]),
+                     _f(h["p_holm"]), f"{h['image_up']}↑ {h['image_down']}↓ of {h['n_classes']}",
+                     h["direction"]])
+    rep.table(["question", "test", "baseline", "depleted − balanced", "95% CI (seeds)", "per seed", "p (Holm)",
+               "classes significant (image level)", "direction"], rows, digits=4,
+              caption="Headline verdicts: per seed, the difference averaged over the depleted classes; rates in "
+                      "percentage points, ε in pixel units. A direction needs a significant seed-level test "
+                      "and agreement of every seed.")
+
+
+def _km_table(rep: Report, results: dict[str, Any]) -> None:
+    names, eps_max = results["classes"], results["config"]["min_eps"]["eps_max"]
+    rows = []
+    for t in results["tests"]:
+        if t["attack"] != "min_eps" or "km_balanced" not in t:
+            continue
+        kb, kd = t["km_balanced"], t["km_depleted"]
+        rows.append([names[t["class"]], QUESTION_LABELS[t["question"]],
+                     f"{_eps(kb['median'], eps_max)} [{_eps(kb['lo'], eps_max)}, {_eps(kb['hi'], eps_max)}]",
+                     f"{_eps(kd['median'], eps_max)} [{_eps(kd['lo'], eps_max)}, {_eps(kd['hi'], eps_max)}]",
+                     _f(t.get("censored_balanced")), _f(t.get("censored_depleted")), _f(t.get("logrank_z")),
+                     _f(t["p_value"]), _f(t["p_holm"])])
+    if rows:
+        rep.table(["depleted class", "question", "KM median ε balanced [95% CI]", "KM median ε depleted [95% CI]",
+                   "censored balanced", "censored depleted", "log-rank z", "p", "p (Holm)"], rows, digits=4,
+                  caption="Minimal ε as right-censored data (never fooled up to ε_max = at least ε_max): "
+                          "Kaplan–Meier medians with their log-log intervals, seeds' images pooled; log-rank "
+                          "test depleted vs balanced (z > 0: the depleted model's images are fooled at smaller "
+                          "ε); baseline: the balanced model of the same seed on the same images.")
+
+
+def _margin_table(rep: Report, results: dict[str, Any]) -> None:
+    names = results["classes"]
+    rows = []
+    for t in results["tests"]:
+        m = t.get("margin")
+        if not m:
+            continue
+        rows.append([names[t["class"]], ATTACK_LABELS[t["attack"]], QUESTION_LABELS[t["question"]],
+                     _signed(t["difference"], 1, 100), _signed(m["estimate"], 1, 100),
+                     _interval(m.get("lo"), m.get("hi"), 1, 100), _f(m["p"]), _f(m.get("p_holm")),
+                     _f(m["margin_balanced"]), _f(m["margin_depleted"])])
+    if rows:
+        rep.heading("Vulnerability conditional on the clean margin", anchor="margin")
+        rep.table(["depleted class", "attack", "question", "both-correct difference", "margin-adjusted",
+                   "95% CI (seeds)", "p", "p (Holm)", "median clean log-odds balanced",
+                   "median clean log-odds depleted"], rows, digits=4,
+                  caption="Depleted − balanced untargeted success in percentage points, each model on its own "
+                          "correctly classified images, stratified by the clean log-odds of the true class "
+                          "(quartiles pooled over models and seeds), Mantel–Haenszel-weighted; test: model "
+                          "labels permuted within seed × stratum; baseline: the balanced model of the same "
+                          "seed; interval: Student t over the per-seed adjusted differences. The last two "
+                          "columns show the margin shift that the both-correct comparison does not control.")
+
+
+def _median_over_classes(values: list[Any]) -> float:
+    a = _arr(values)
+    a = a[~np.isnan(a)]  # +inf (stored as 1e308) stays: a median beyond ε_max
+    return float(np.median(a)) if len(a) else float("nan")

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from ...data import ImageSet
-from ..stats import holm, nanmean, nanstd, paired_permutation_test
+from ..stats import holm, km_median, logrank_test, nanmean, nanstd, paired_permutation_test, seed_level_test
 from .config import Config
 
 ATTACKS = ("fgsm", "bim")
@@ -119,11 +119,15 @@ def _model_summary(run: ModelRun, payload: dict[str, Any], y: np.ndarray, num_cl
     eps = np.asarray(payload["min_eps.eps"], dtype=np.float64)
     ok = (clean == y)[idx]
     ys = y[idx]
+    cens = np.asarray(payload["min_eps.censored"]).astype(bool)
+    km = [km_median(eps[ok & (ys == c)], cens[ok & (ys == c)]) for c in range(num_classes)]
     out["min_eps"] = {
-        "median": [float(np.median(eps[ok & (ys == c)])) if (ok & (ys == c)).any() else float("nan")
-                   for c in range(num_classes)],
+        # Kaplan–Meier median per class: never-fooled images are right-censored at eps_max (+inf: more than
+        # half of the class was never fooled up to eps_max)
+        "median": [k["median"] for k in km],
         "values": [eps[ok & (ys == c)].round(5).tolist() for c in range(num_classes)],
-        "censored": float(np.asarray(payload["min_eps.censored"])[ok].mean()) if ok.any() else float("nan"),
+        "censored_flags": [cens[ok & (ys == c)].astype(int).tolist() for c in range(num_classes)],
+        "censored": float(cens[ok].mean()) if ok.any() else float("nan"),
         "eps_max": cfg.min_eps.eps_max}
     return out
 
@@ -169,8 +173,13 @@ def _vulnerability(models: dict[str, dict[str, Any]], classes: list[int], seeds:
                 entry[f"{attack}.{key}"] = _colmean(arr)
                 entry[f"{attack}.{key}.std"] = _colstd(arr)
             entry[f"{attack}.landing"] = np.sum([m[attack]["landing"] for m in ms], 0).tolist()
-        arr = np.array([m["min_eps"]["median"] for m in ms], dtype=np.float64)
-        entry["min_eps.median"], entry["min_eps.median.std"] = _colmean(arr), _colstd(arr)
+        # Kaplan–Meier median of the minimal ε per class, the seeds' images pooled (censored at eps_max)
+        pooled = [km_median(np.concatenate([m["min_eps"]["values"][c] for m in ms]),
+                            np.concatenate([m["min_eps"]["censored_flags"][c] for m in ms]).astype(bool))
+                  for c in range(num_classes)]
+        entry["min_eps.median"] = [k["median"] for k in pooled]
+        entry["min_eps.median.lo"] = [k["lo"] for k in pooled]
+        entry["min_eps.median.hi"] = [k["hi"] for k in pooled]
         accs = np.array([m["per_class_accuracy"] for m in ms], dtype=np.float64)
         entry["per_class_accuracy"] = _colmean(accs)
         entry["confusion"] = np.sum([m["confusion"] for m in ms], 0).tolist()
@@ -212,13 +221,17 @@ def _comparisons(y: np.ndarray, bal: dict[str, Any], dep: dict[str, Any], d: int
 
 
 def _min_eps_comparisons(y: np.ndarray, bal: dict[str, Any], dep: dict[str, Any],
-                         d: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+                         d: int) -> dict[str, tuple[np.ndarray, ...]]:
+    """Per question: (balanced ε, depleted ε, balanced censored, depleted censored) on the images both models
+    classify correctly; ε is capped at eps_max, so a mean of it is the restricted mean min(ε, eps_max)."""
     idx = np.asarray(bal["min_eps.index"])
     ys = y[idx]
     ok = ((np.asarray(bal["clean_pred"]) == y) & (np.asarray(dep["clean_pred"]) == y))[idx]
     b, dd = np.asarray(bal["min_eps.eps"], dtype=np.float64), np.asarray(dep["min_eps.eps"], dtype=np.float64)
-    return {"own_min_eps": (b[ok & (ys == d)], dd[ok & (ys == d)]),
-            "others_min_eps": (b[ok & (ys != d)], dd[ok & (ys != d)])}
+    bc, dc = np.asarray(bal["min_eps.censored"]).astype(bool), np.asarray(dep["min_eps.censored"]).astype(bool)
+    own, other = ok & (ys == d), ok & (ys != d)
+    return {"own_min_eps": (b[own], dd[own], bc[own], dc[own]),
+            "others_min_eps": (b[other], dd[other], bc[other], dc[other])}
 
 
 #: Question → (attack-specific, plain-language description).
@@ -236,14 +249,36 @@ QUESTIONS = {
 }
 
 
+#: Test named in every row of the tests table (the row's p-value and its Holm adjustment).
+IMAGE_TEST = "paired sign-flip permutation over seeds × images"
+CENSORED_TEST = "log-rank (Kaplan–Meier, never-fooled images right-censored at ε_max), seeds' images pooled"
+SEED_TEST = "one-sample t over per-seed mean differences"
+MARGIN_TEST = "margin-stratified permutation (model labels shuffled within seed × clean-margin stratum)"
+#: Clean-margin strata (quantiles of the clean log-odds of the true class) for the margin-conditional test.
+MARGIN_STRATA = 4
+
+
 def paired_tests(y: np.ndarray, payloads: dict[int, dict[str, dict[str, Any]]],
                  descent_targets: dict[int, np.ndarray], classes: list[int], cfg: Config) -> list[dict[str, Any]]:
-    """One row per (depleted class, attack, question): balanced and depleted means ± std over seeds, the
-    pooled paired difference, the sign-flip permutation p-value and Holm's adjusted p-value."""
+    """One row per (depleted class, attack, question), each naming its test, its baseline (the balanced model
+    of the same seed on the same images) and its interval:
+
+    - image level (``p_value``, ``p_holm``, ``significant``): the pooled paired difference over seeds × images
+      with the sign-flip permutation test — for the minimal-ε questions the log-rank test instead, with the
+      Kaplan–Meier medians (``km_balanced`` / ``km_depleted``, intervals included), since images never fooled
+      up to ε_max are censored, not exact;
+    - seed level (``seed_p``, ``seed_p_holm``, ``seed_lo``/``seed_hi``, ``seed_consistent``): the per-seed mean
+      differences (for ε: restricted means of min(ε, ε_max)) tested across seeds, so a verdict speaks for
+      depletion over training randomness, not for these trained models;
+    - ``direction``: "up"/"down" only when both levels are significant after Holm and every seed agrees in
+      sign, else "none";
+    - for the success questions, ``margin``: the depleted − balanced success difference conditional on the
+      clean margin (each model's own correctly classified images, stratified), see :func:`margin_adjusted`.
+    """
     rows: list[dict[str, Any]] = []
     for d in classes:
         for attack in (*ATTACKS, "min_eps"):
-            per_q: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+            per_q: dict[str, list[tuple[np.ndarray, ...]]] = {}
             for seed, models in payloads.items():
                 bal, dep = models["balanced"], models[f"deplete{d}"]
                 comps = _min_eps_comparisons(y, bal, dep, d) if attack == "min_eps" else \
@@ -256,19 +291,132 @@ def paired_tests(y: np.ndarray, payloads: dict[int, dict[str, dict[str, Any]]],
                 diffs = np.concatenate([p[1] - p[0] for p in pairs])
                 test = paired_permutation_test(diffs, cfg.permutations, seed=cfg.seed + 1000 * d + len(rows))
                 seed_diffs = d_means - b_means
-                rows.append({
-                    "class": d, "attack": attack, "question": q,
+                st = seed_level_test(seed_diffs)
+                row = {
+                    "class": d, "attack": attack, "question": q, "baseline": "balanced model, same seed, same images",
+                    "test": IMAGE_TEST, "seed_test": SEED_TEST,
                     "balanced_mean": nanmean(b_means), "balanced_std": nanstd(b_means),
                     "depleted_mean": nanmean(d_means), "depleted_std": nanstd(d_means),
                     "difference": test["estimate"], "difference_std_seeds": nanstd(seed_diffs),
-                    "seeds_up": int(np.sum(seed_diffs > 0)), "seeds_down": int(np.sum(seed_diffs < 0)),
+                    "seed_differences": seed_diffs.tolist(),
+                    "seeds_up": st["up"], "seeds_down": st["down"], "seed_consistent": st["consistent"],
+                    "seed_p": st["p"], "seed_p_sign": st["p_sign"], "seed_lo": st["lo"], "seed_hi": st["hi"],
                     "n_pairs": test["n"], "n_discordant": test["n_nonzero"], "p_value": test["p"],
-                    "exact": test["exact"]})
-    adjusted = holm([r["p_value"] for r in rows])
-    for r, p in zip(rows, adjusted, strict=True):
-        r["p_holm"] = float(p)
-        r["significant"] = bool(p < cfg.alpha)
+                    "exact": test["exact"]}
+                if attack == "min_eps":
+                    b_all, d_all = np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])
+                    bc, dc = np.concatenate([p[2] for p in pairs]), np.concatenate([p[3] for p in pairs])
+                    lr = logrank_test(d_all, dc, b_all, bc)
+                    if len(b_all) and not lr["events"]:  # never fooled by either model: identical curves
+                        lr["p"] = 1.0
+                    kb, kd = km_median(b_all, bc), km_median(d_all, dc)
+                    row.update(test=CENSORED_TEST, p_value=lr["p"], p_permutation_restricted=test["p"],
+                               logrank_z=lr["statistic"], km_balanced=kb, km_depleted=kd,
+                               censored_balanced=float(bc.mean()) if len(bc) else float("nan"),
+                               censored_depleted=float(dc.mean()) if len(dc) else float("nan"),
+                               km_difference=kd["median"] - kb["median"]
+                               if np.isfinite(kd["median"]) and np.isfinite(kb["median"]) else float("nan"))
+                if q in ("own_success", "others_success"):
+                    row["margin"] = margin_adjusted(y, payloads, d, attack, own=q == "own_success",
+                                                    resamples=min(cfg.permutations, 2000),
+                                                    seed=cfg.seed + 7 + 1000 * d + len(rows))
+                rows.append(row)
+    for key, out in (("p_value", "p_holm"), ("seed_p", "seed_p_holm")):
+        for r, p in zip(rows, holm([r[key] for r in rows]), strict=True):
+            r[out] = float(p)
+    margin_rows = [r for r in rows if "margin" in r]
+    for r, p in zip(margin_rows, holm([r["margin"]["p"] for r in margin_rows]), strict=True):
+        r["margin"]["p_holm"] = float(p)
+        r["margin"]["significant"] = bool(p < cfg.alpha)
+    for r in rows:
+        r["significant"] = bool(r["p_holm"] < cfg.alpha)
+        r["seed_significant"] = bool(r["seed_p_holm"] < cfg.alpha)
+        sign = _f(r["seed_lo"]) > 0 or (r["seeds_up"] > 0 and r["seeds_down"] == 0)
+        r["direction"] = ("up" if sign else "down") if (r["significant"] and r["seed_significant"]
+                                                        and r["seed_consistent"]) else "none"
     return rows
+
+
+def margin_adjusted(y: np.ndarray, payloads: dict[int, dict[str, dict[str, Any]]], d: int, attack: str, *,
+                    own: bool, resamples: int, seed: int) -> dict[str, Any]:
+    """Untargeted success, depleted − balanced, *conditional on the clean margin*.
+
+    The paired tests compare images both models classify correctly; a depleted model misclassifies more of its
+    class, so that subset is selected and has smaller margins. Here each model keeps its *own* correctly
+    classified images (of class ``d`` when ``own``, else of the other classes), which are put into
+    ``MARGIN_STRATA`` strata by the clean log-odds of the true class (``clean_conf``, a monotone stand-in for
+    the logit margin; quantiles pooled over models and seeds). The estimate is the Mantel–Haenszel-weighted
+    (w = n_b·n_d/(n_b + n_d)) mean over seed × stratum cells of the success-rate difference; its two-sided
+    p-value comes from shuffling the model labels within the cells (``resamples`` times, seeded), and the
+    per-seed estimates give a Student-t interval over seeds. Also returned: the clean log-odds' median per model
+    (the selection the stratification removes)."""
+    cells: list[tuple[np.ndarray, int]] = []  # (successes with the depleted model's first, n depleted)
+    margins: dict[str, list[np.ndarray]] = {"balanced": [], "depleted": []}
+    per_seed_cells: list[list[tuple[np.ndarray, int]]] = []
+    obs = []
+    for _seed, models in payloads.items():
+        per = {}
+        for label, key in (("balanced", "balanced"), ("depleted", f"deplete{d}")):
+            m = models[key]
+            clean = np.asarray(m["clean_pred"])
+            keep = (clean == y) & ((y == d) if own else (y != d))
+            conf = np.clip(np.asarray(m["clean_conf"], dtype=np.float64)[keep], 1e-12, 1 - 1e-12)
+            margin = np.log(conf) - np.log1p(-conf)
+            success = (np.asarray(m[f"{attack}.untargeted.pred"]) != y)[keep].astype(np.float64)
+            per[label] = (margin, success)
+            margins[label].append(margin)
+        obs.append(per)
+    everything = np.concatenate(margins["balanced"] + margins["depleted"])
+    out: dict[str, Any] = {"test": MARGIN_TEST, "strata": MARGIN_STRATA, "estimate": float("nan"),
+                           "p": float("nan"), "lo": float("nan"), "hi": float("nan"), "n": int(len(everything)),
+                           "margin_balanced": _median(np.concatenate(margins["balanced"])),
+                           "margin_depleted": _median(np.concatenate(margins["depleted"]))}
+    if not len(everything):
+        return out
+    edges = np.unique(np.quantile(everything, np.linspace(0, 1, MARGIN_STRATA + 1)[1:-1]))
+    for per in obs:
+        seed_cells = []
+        (mb, sb), (md, sd) = per["balanced"], per["depleted"]
+        kb, kd = np.searchsorted(edges, mb, side="right"), np.searchsorted(edges, md, side="right")
+        for k in range(len(edges) + 1):
+            bk, dk = sb[kb == k], sd[kd == k]
+            if len(bk) and len(dk):
+                seed_cells.append((np.concatenate([dk, bk]), len(dk)))
+        per_seed_cells.append(seed_cells)
+        cells += seed_cells
+    if not cells:
+        return out
+    out["estimate"] = _mh_difference(cells)
+    seed_estimates = [_mh_difference(c) if c else float("nan") for c in per_seed_cells]
+    st = seed_level_test(np.array(seed_estimates))
+    out.update(lo=st["lo"], hi=st["hi"], seed_estimates=seed_estimates)
+    rng = np.random.default_rng(seed)
+    weights = np.array([n_d * (len(v) - n_d) / len(v) for v, n_d in cells])
+    null = np.zeros(resamples)
+    for (v, n_d), w in zip(cells, weights, strict=True):
+        n_b = len(v) - n_d
+        picks = np.argsort(rng.random((resamples, len(v))), axis=1)[:, :n_d]
+        sum_d = v[picks].sum(1)
+        null += w * (sum_d / n_d - (v.sum() - sum_d) / n_b)
+    null /= weights.sum()
+    observed = abs(out["estimate"])
+    out["p"] = float((1 + np.sum(np.abs(null) >= observed - 1e-12)) / (1 + resamples))
+    return out
+
+
+def _mh_difference(cells: list[tuple[np.ndarray, int]]) -> float:
+    """Mantel–Haenszel-weighted mean of the per-cell differences (first ``n_d`` values − the rest)."""
+    num = den = 0.0
+    for v, n_d in cells:
+        n_b = len(v) - n_d
+        w = n_d * n_b / len(v)
+        num += w * (v[:n_d].mean() - v[n_d:].mean())
+        den += w
+    return float(num / den)
+
+
+def _median(a: np.ndarray) -> float:
+    return float(np.median(a)) if len(a) else float("nan")
 
 
 def conclusions(tests: list[dict[str, Any]], class_names: list[str], accuracy_rows: list[dict[str, Any]],
@@ -313,38 +461,93 @@ def conclusions(tests: list[dict[str, Any]], class_names: list[str], accuracy_ro
     return out
 
 
+#: The headline's questions: (key, what is measured, unit scale, digits, word when up, word when down).
+HEADLINE = [
+    (("bim", "own_success"), "BIM untargeted success on a depleted class's own correctly classified images",
+     100.0, 1, "easier to fool", "harder to fool"),
+    (("min_eps", "own_min_eps"), "restricted mean minimal ε, min(ε, ε_max), of its images", 1.0, 4,
+     "larger minimal ε (harder)", "smaller minimal ε (easier)"),
+    (("bim", "towards_success"), "BIM success towards the depleted class on the other classes' images", 100.0, 1,
+     "pulled towards the depleted class", "pushed away from it"),
+    (("bim", "landing_in_depleted"), "share of the other classes' untargeted BIM examples landing in it", 100.0,
+     1, "pulled towards the depleted class", "pushed away from it"),
+]
+
+
+def headline_tests(by_key: dict[tuple[str, str], list[dict[str, Any]]], alpha: float) -> list[dict[str, Any]]:
+    """The headline questions tested at the seed level: per seed, the depleted − balanced difference averaged
+    over the depleted classes; a one-sample t-test over seeds (Holm over the headline questions) with its
+    interval. ``direction`` is "up"/"down" only when that test is significant *and* every seed moved the same
+    way; the image-level counts (classes significant up/down, Holm over all rows) stand beside it."""
+    out = []
+    for key, what, scale, digits, up_word, down_word in HEADLINE:
+        rows = by_key.get(key, [])
+        if not rows:
+            continue
+        per_seed = np.array([r["seed_differences"] for r in rows], dtype=np.float64)
+        finite = np.isfinite(per_seed)
+        seed_means = np.where(finite.any(0), np.nansum(per_seed, 0) / np.maximum(finite.sum(0), 1), np.nan)
+        st = seed_level_test(seed_means)
+        out.append({"attack": key[0], "question": key[1], "what": what, "scale": scale, "digits": digits,
+                    "words": (up_word, down_word), "seed_means": seed_means.tolist(), **st,
+                    "test": SEED_TEST + ", Holm over the headline questions",
+                    "baseline": "balanced model, same seed, same images",
+                    "image_up": sum(1 for r in rows if r["significant"] and _f(r["difference"]) > 0),
+                    "image_down": sum(1 for r in rows if r["significant"] and _f(r["difference"]) < 0),
+                    "n_classes": len(rows)})
+    for h, p in zip(out, holm([h["p"] for h in out]), strict=True):
+        h["p_holm"] = float(p)
+        h["direction"] = ("up" if h["estimate"] > 0 else "down") if p < alpha and h["consistent"] else "none"
+    return out
+
+
 def _headline(by_key: dict[tuple[str, str], list[dict[str, Any]]], class_names: list[str],
               alpha: float) -> list[str]:
-    """The short answer: own vulnerability (BIM success, minimal ε) and pull towards / away from d."""
-    def tally(key: tuple[str, str]) -> tuple[float, int, int, int] | None:
-        rows = by_key.get(key, [])
-        diffs = np.array([_f(r["difference"]) for r in rows])
-        if not np.isfinite(diffs).any():
-            return None
-        up = sum(1 for r in rows if r["significant"] and _f(r["difference"]) > 0)
-        down = sum(1 for r in rows if r["significant"] and _f(r["difference"]) < 0)
-        return float(np.nanmean(diffs)), up, down, len(rows)
+    """The short answer, a direction only where the seed-level test is significant and the seeds agree."""
+    heads = {(h["attack"], h["question"]): h for h in headline_tests(by_key, alpha)}
+
+    def sentence(h: dict[str, Any]) -> str:
+        sc, dg = h["scale"], h["digits"]
+        unit = " points" if sc == 100 else ""
+        seeds = ", ".join("–" if not np.isfinite(v) else f"{v * sc:+.{dg}f}" for v in h["seed_means"])
+        if h["direction"] != "none":
+            verdict = f"direction established: {h['words'][0] if h['direction'] == 'up' else h['words'][1]}"
+        elif h["n"] < 2:
+            verdict = ("no direction stated: fewer than two seeds with a comparison cannot speak for depletion "
+                       "over training randomness")
+        elif not h["consistent"]:
+            verdict = "no direction stated: the seeds disagree in sign"
+        else:
+            verdict = f"no direction stated: not significant at the seed level (Holm, α = {alpha:g})"
+        if not np.isfinite(_f(h["estimate"])):
+            return f"{h['what']}: no images that both models classify correctly in any seed, so no comparison."
+        ci = "–" if not np.isfinite(_f(h["lo"])) else f"[{h['lo'] * sc:+.{dg}f}, {h['hi'] * sc:+.{dg}f}]"
+        p = "–" if not np.isfinite(_f(h["p_holm"])) else f"{h['p_holm']:.3g}"
+        return (f"{h['what']}: depleted − balanced {h['estimate'] * sc:+.{dg}f}{unit} (mean over "
+                f"{h['n_classes']} depleted class(es) and {h['n']} seed(s); per seed {seeds}; {h['test']}: "
+                f"Holm p = {p}, 95% CI {ci}) — {verdict}. Image level (pooled over seeds, per class, Holm over "
+                f"all rows): significant increase for {h['image_up']}, decrease for {h['image_down']} of "
+                f"{h['n_classes']}.")
 
     out = []
-    own, eps = tally(("bim", "own_success")), tally(("min_eps", "own_min_eps"))
+    own = heads.get(("bim", "own_success"))
     if own is not None:
-        mean, up, down, n = own
-        text = (f"Answer: a depleted class's own (correctly classified) images became "
-                f"{'easier' if mean > 0 else 'harder'} to fool — BIM success {mean * 100:+.1f} percentage "
-                f"points on average; significantly more often fooled for {up} and less often for {down} of "
-                f"{n} depleted classes (Holm, α = {alpha:g})")
+        text = "Answer: " + sentence(own)
+        eps = heads.get(("min_eps", "own_min_eps"))
         if eps is not None:
-            text += (f"; their minimal ε changed by {eps[0]:+.4f} on average (significantly smaller for "
-                     f"{eps[2]}, larger for {eps[1]} of {eps[3]})")
-        out.append(text + ".")
-    towards, landing = tally(("bim", "towards_success")), tally(("bim", "landing_in_depleted"))
+            text += " " + sentence(eps)[0].upper() + sentence(eps)[1:]
+        margin = [r["margin"] for r in by_key.get(("bim", "own_success"), []) if "margin" in r]
+        est = np.array([_f(m["estimate"]) for m in margin])
+        if np.isfinite(est).any():
+            up = sum(1 for m in margin if m.get("significant") and m["estimate"] > 0)
+            down = sum(1 for m in margin if m.get("significant") and m["estimate"] < 0)
+            text += (f" Conditional on the clean margin (each model's own correct images, {MARGIN_STRATA} "
+                     f"margin strata): {np.nanmean(est) * 100:+.1f} points on average; significantly more "
+                     f"often fooled for {up}, less often for {down} of {len(margin)} classes (Holm).")
+        out.append(text)
+    towards, landing = heads.get(("bim", "towards_success")), heads.get(("bim", "landing_in_depleted"))
     if towards is not None and landing is not None:
-        direction = "pulled towards" if towards[0] + landing[0] > 0 else "pushed away from"
-        out.append(f"Adversarial examples of the other classes were on balance {direction} the depleted "
-                   f"class: BIM success towards it {towards[0] * 100:+.1f} points (significant up/down for "
-                   f"{towards[1]}/{towards[2]} of {towards[3]} classes), share of untargeted adversarial "
-                   f"examples landing in it {landing[0] * 100:+.1f} points (significant up/down for "
-                   f"{landing[1]}/{landing[2]}).")
+        out.append("Adversarial examples of the other classes — " + sentence(towards) + " " + sentence(landing))
     return out
 
 
