@@ -17,12 +17,23 @@ from safetensors.torch import load_file
 from scipy import stats as sps
 from torch import nn
 
+from advsal.attacks import PGD
 from advsal.errors import ConfigError
 from advsal.models import build_model
 from advsal.studies import attention, render_run, study_config
 from advsal.studies.config import from_mapping
 from advsal.studies.engine import load_data
 from advsal.studies.stats import cliffs_delta, mean_ci, median_bootstrap
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread for this module's attacks and runs: much faster on a loaded machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 
 # ------------------------------------------------------------------------------------------------ statistics
 
@@ -63,7 +74,7 @@ def planted_metrics(n: int = 60) -> dict[str, dict[str, np.ndarray]]:
         {t.b for c in attention.claims(LAYERS, 0.5) for t in c.tests}
     names |= set(attention.comparison_metrics(LAYERS))
     names.discard("")
-    metrics = {g: {m: rng.normal(size=n) for m in names} for g in ("pgd", "pixel")}
+    metrics = {g: {m: rng.normal(size=n) for m in names} for g in ("pgd", "pgd-early", "pixel")}
     pgd, pixel = metrics["pgd"], metrics["pixel"]
     # pgd-diffuses: entropy and spread both higher on x̂ → supported
     pgd["sm:entropy:a_d"] = pgd["sm:entropy:x_c"] + 1.0
@@ -71,10 +82,14 @@ def planted_metrics(n: int = 60) -> dict[str, dict[str, np.ndarray]]:
     # pgd-diffuses-both-classes: both lower → not supported (contradicted)
     pgd["sm:entropy:a_c"] = pgd["sm:entropy:x_c"] - 1.0
     pgd["sm:entropy:x_d"] = pgd["sm:entropy:a_d"] + 1.0
-    # pgd-destroys-true-cam: energy drops to 10% → supported (paired + threshold)
-    pgd["cam:features.5:energy:x_c"] = rng.uniform(1, 2, n)
-    pgd["cam:features.5:energy:a_c"] = 0.1 * pgd["cam:features.5:energy:x_c"]
-    pgd["cam:features.5:retained:c"] = 0.1 + 0.01 * rng.normal(size=n)
+    # pgd-distorts-true-cam: IoU and rank corr. with the clean map far below the random control's → supported
+    pgd["cam:features.5:iou:true"] = pgd["cam:features.5:iou:true_ctrl"] - 1.0
+    pgd["cam:features.5:rank:true"] = pgd["cam:features.5:rank:true_ctrl"] - 1.0
+    pgd["cam:features.5:retained:c"] = 0.1 + 0.01 * rng.normal(size=n)  # energy (reported) below 0.5
+    # pgd-keeps-roi: adversarial ≈ control within ±0.1 (SM IoU, SM rank) but AM IoU far off → mixed
+    pgd["sm:iou:pred"] = pgd["sm:iou:true_ctrl"] + rng.normal(0, 0.02, n)
+    pgd["sm:rank:pred"] = pgd["sm:rank:true_ctrl"] + rng.normal(0, 0.02, n)
+    pgd["cam:features.5:iou:pred"] = pgd["cam:features.5:iou:true_ctrl"] - 0.5 + rng.normal(0, 0.02, n)
     # pixel-attracts-saliency: more mass near the pixels (confirmed), equal to chance (inconclusive) → mixed
     pixel["sm:near:a_d"] = pixel["sm:near:x_c"] + 1.0
     pixel["sm:near:chance"] = pixel["sm:near:a_d"].copy()
@@ -90,11 +105,20 @@ def test_claim_verdicts_on_planted_data():
     assert rows["pgd-diffuses"]["verdict"] == "supported"
     assert [t["outcome"] for t in rows["pgd-diffuses-both-classes"]["tests"]] == ["contradicted"] * 2
     assert rows["pgd-diffuses-both-classes"]["verdict"] == "not supported"
-    assert rows["pgd-destroys-true-cam"]["verdict"] == "supported"
-    threshold = rows["pgd-destroys-true-cam"]["tests"][1]
+    assert rows["pgd-distorts-true-cam"]["verdict"] == "supported"
+    assert all(t["baseline"].startswith("same-budget random control") for t in rows["pgd-distorts-true-cam"]["tests"])
+    threshold = rows["pgd-true-cam-energy"]["tests"][0]
     assert threshold["kind"] == "threshold" and threshold["hi"] < 0.5
-    assert [t["outcome"] for t in rows["pixel-attracts-saliency"]["tests"]] == ["confirmed", "inconclusive"]
+    assert [t["outcome"] for t in rows["pgd-keeps-roi"]["tests"]] == ["confirmed", "confirmed", "contradicted"]
+    keep = rows["pgd-keeps-roi"]["tests"][0]
+    assert keep["kind"] == "equivalence" and -0.1 < keep["lo"] < keep["hi"] < 0.1
+    assert [t["outcome"] for t in rows["pixel-attracts-saliency"]["tests"]] == ["confirmed", "inconclusive",
+                                                                                 "confirmed"]
     assert rows["pixel-attracts-saliency"]["verdict"] == "mixed"
+    for row in rows.values():  # every test names its baseline and (with enough images) its interval
+        for t in row["tests"]:
+            assert t["baseline"], t["label"]
+            assert t["kind"] == "count" or (np.isfinite(t["lo"]) and np.isfinite(t["hi"])), t["label"]
     # pure noise: no planted effect, so the intermediate-layer claims are not supported
     assert rows["pgd-inner-lose-true"]["verdict"] == "not supported"
     # planting a PGD–Pixel difference on every compared metric makes "attacks differ" supported
@@ -104,6 +128,29 @@ def test_claim_verdicts_on_planted_data():
     assert all(r["outcome"] == "differs" for r in comparison["rows"])
     rows = {r["id"]: r for r in attention.evaluate_claims(metrics, cfg, LAYERS, comparison)}
     assert rows["attacks-differ"]["verdict"] == "supported"
+
+
+def test_pgd_vs_pixel_is_paired_on_the_images_both_attacks_broke():
+    """Rows are aligned by image index: a difference planted per image is found only when pairing is right."""
+    cfg = attention.Config(layers=LAYERS, bootstrap=100)
+    rng = np.random.default_rng(1)
+    level = rng.normal(0, 5, 40)  # per-image level, far larger than the planted PGD − Pixel difference of 0.3
+    key = "sm:d_entropy:pred"
+    pixel_idx = np.arange(0, 40)
+    early_idx = np.arange(10, 50)  # broke images 10..49; 30 images in common with Pixel (10..39)
+    metrics = {"pixel": {key: level[pixel_idx] - 0.3},
+               "pgd-early": {key: np.concatenate([level[10:40], rng.normal(0, 5, 10)])}}
+    index = {"pixel": pixel_idx, "pgd-early": early_idx}
+    ra, rb = attention.common_images(index, metrics, "pgd-early", "pixel")
+    assert (early_idx[ra] == pixel_idx[rb]).all() and len(ra) == 30
+    comp = attention.compare_attacks(metrics, cfg, LAYERS, index)
+    row = next(r for r in comp["rows"] if r["metric"] == key)
+    assert comp["primary"] == "pgd-early" and row["variant"] == "pgd-early" and row["n"] == 30
+    assert row["estimate"] == pytest.approx(0.3) and row["outcome"] == "differs"  # exact pairs: Δ = 0.3 each
+    rows = {r["id"]: r for r in attention.evaluate_claims(metrics, cfg, LAYERS, comp, index)}
+    early = rows["pixel-not-diffuse"]["tests"][0]  # Pixel < early-stopped PGD on the common images
+    assert early["group_b"] == "pgd-early" and early["kind"] == "matched" and early["outcome"] == "confirmed"
+    assert rows["pixel-not-diffuse"]["tests"][1]["outcome"] == "untestable"  # no full-strength PGD group
 
 
 def test_too_few_examples_are_not_testable():
@@ -156,6 +203,27 @@ def test_default_layers_are_the_last_module_of_each_resolution_stage():
         attention.cam_layers(TwoConv(), x, ["stem", "head"])
 
 
+def test_early_stopped_pgd_is_pgds_trajectory_cut_at_the_first_misclassification():
+    torch.manual_seed(0)
+    model = TwoConv().eval()
+    for p in model.parameters():
+        p.data *= 3  # sharper logits: images break after different numbers of steps
+    x = torch.rand(12, 1, 28, 28)
+    y = model(x).argmax(1)  # every image starts correctly classified
+    eps, alpha, steps = 0.02, 0.004, 6
+    res, taken = attention.early_stopped_pgd(model, x, y, eps=eps, steps=steps, alpha=alpha, seed=3)
+    assert (res.pred == model(res.x_adv).argmax(1)).all() and (res.linf <= eps + 1e-6).all()
+    assert (taken[~res.success] == steps).all()
+    ks = taken[res.success].unique().tolist()
+    assert len(ks) >= 2  # images stop after different numbers of steps
+    for k in [k for k in ks if 1 <= k <= 3]:  # each image stopped where full PGD (same start) was at step k
+        rows = res.success & (taken == k)
+        full = PGD(eps=eps, alpha=alpha, steps=k, seed=3)(model, x, y)
+        assert torch.allclose(full.x_adv[rows], res.x_adv[rows], atol=1e-6)
+        if k > 1:  # one step earlier it was still classified correctly
+            assert (PGD(eps=eps, alpha=alpha, steps=k - 1, seed=3)(model, x, y).pred[rows] == y[rows]).all()
+
+
 # ------------------------------------------------------------------------------------------------ configs
 
 
@@ -205,8 +273,10 @@ TINY = {
     "figure_images": 1,
     "device": TEST_DEVICE,
 }
-ALL = {"classifier", "images", "attack-pgd", "attack-pixel100", "attack-pixel200", "maps-pgd", "maps-pixel100",
-       "maps-pixel200", "metrics-pgd", "metrics-pixel100", "metrics-pixel200"}
+ALL = {"classifier", "images", "attack-pgd", "attack-pgd-early", "attack-pixel100", "attack-pixel200", "maps-pgd",
+       "maps-pgd-early", "maps-pixel100", "maps-pixel200", "metrics-pgd", "metrics-pgd-early", "metrics-pixel100",
+       "metrics-pixel200"}
+PGD_STAGES = {f"{kind}-{name}" for kind in ("attack", "maps", "metrics") for name in ("pgd", "pgd-early")}
 
 
 def tiny_config(change: dict | None = None) -> attention.Config:
@@ -242,7 +312,14 @@ def test_tiny_run_writes_report_with_every_figure_and_table(tiny_run):
     html = (run_dir / "report.html").read_text()
     assert html.count("data:image/png;base64,") == len(figures)
     stored = json.loads((run_dir / "results.json").read_text())
-    assert set(stored["attacks"]) == {"pgd", "pixel100", "pixel200"}
+    assert set(stored["attacks"]) == {"pgd", "pgd-early", "pixel100", "pixel200"}
+    early = stored["attacks"]["pgd-early"]
+    assert early["n_success"] >= stored["attacks"]["pgd"]["n_success"] - 1 and early["mean_steps"] <= 4
+    assert early["mean_linf"] <= stored["attacks"]["pgd"]["mean_linf"] + 1e-6  # stopped, not overshooting
+    assert set(stored["paired_images"]) == {"pgd", "pgd-early"}
+    assert {r["variant"] for r in stored["comparison"]["rows"]} == {"pgd", "pgd-early"}
+    assert all(r["n"] <= stored["paired_images"][r["variant"]] for r in stored["comparison"]["rows"])
+    assert "images both attacks broke" in md and "baseline" in md
     assert stored["attacks"]["pgd"]["n_success"] >= 2  # enough to exercise every metric
     assert stored["pixel_pool"]["n"] >= 2
     assert stored["pixel_pool"]["n"] == sum(stored["pixel_pool"]["pixels"].values())
@@ -281,9 +358,9 @@ def test_rerun_is_fully_cached_and_identical(tiny_run, tiny_data):
 
 @pytest.mark.parametrize("change, recomputed", [
     ({"classifier": {"lr": 0.005}}, ALL),  # early: everything downstream of F
-    ({"pgd": {"eps": 0.2}}, {"attack-pgd", "maps-pgd", "metrics-pgd"}),  # one attack's branch
-    ({"pgd": {"top_pixels": 3}}, {"metrics-pgd"}),  # PGD's perturbed pixels: its metrics only
-    ({"top_fraction": 0.2}, {"metrics-pgd", "metrics-pixel100", "metrics-pixel200"}),  # every metrics stage
+    ({"pgd": {"eps": 0.2}}, PGD_STAGES),  # one attack's branches (full and early-stopped)
+    ({"pgd": {"top_pixels": 3}}, {"metrics-pgd", "metrics-pgd-early"}),  # PGD's perturbed pixels: its metrics
+    ({"top_fraction": 0.2}, {"metrics-pgd", "metrics-pgd-early", "metrics-pixel100", "metrics-pixel200"}),
     ({"min_effect": 0.3, "figure_images": 2}, set()),  # analysis and report only
 ], ids=["classifier.lr", "pgd.eps", "pgd.top_pixels", "top_fraction", "min_effect"])
 def test_a_changed_field_recomputes_exactly_its_downstream_stages(tiny_run, tiny_data, tmp_path, change,

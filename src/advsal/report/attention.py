@@ -13,7 +13,7 @@ from .charts import distributions, line_plot
 from .document import Report
 from .figures import saliency_grid
 
-NICE = {"pgd": "PGD L∞", "pixel": "Pixel Attack (pooled)"}
+NICE = {"pgd": "PGD L∞", "pgd-early": "PGD L∞ stopped at 1st misclassification", "pixel": "Pixel Attack (pooled)"}
 
 
 def _nice(group: str) -> str:
@@ -74,19 +74,35 @@ def _layer_panel(maps: dict[str, np.ndarray], layers: list[str], path: Path) -> 
     return saliency_grid(maps["x"], maps["a"], rows, titles, path, overlay=True)
 
 
+#: The statistical test behind each kind of claim test, as the report names it.
+TEST_NAMES = {"paired": "Wilcoxon signed-rank (paired)", "matched": "Wilcoxon signed-rank, images both broke",
+              "equivalence": "TOST equivalence (paired t)", "correlation": "Spearman ρ",
+              "threshold": "bootstrap median", "count": "share of compared metrics"}
+
+
+def _interval(test: dict[str, Any]) -> str:
+    lo, hi = _num(test.get("lo")), _num(test.get("hi"))
+    level = "90%" if test["kind"] == "equivalence" else "95%"
+    return f"{level} [{lo:+.3f}, {hi:+.3f}]" if np.isfinite(lo) and np.isfinite(hi) else "no interval (n too small)"
+
+
 def _evidence(test: dict[str, Any]) -> str:
+    """One test's measured evidence: estimate, interval, effect, n and the baseline it is compared with."""
     kind = test["kind"]
     n = test.get("n", 0)
     est, eff = _num(test.get("estimate")), _num(test.get("effect"))
-    if kind == "paired":
-        return f"mean Δ {est:+.3f}, dominance {eff:+.2f}, n={n}"
-    if kind == "groups":
-        return f"Δ median {est:+.3f}, Cliff's δ {eff:+.2f}, n={test.get('n_a')}/{test.get('n_b')}"
-    if kind == "correlation":
-        return f"Spearman ρ {eff:+.2f}, n={n}"
-    if kind == "threshold":
-        return f"median {est:.3f} [{_num(test.get('lo')):.3f}, {_num(test.get('hi')):.3f}], n={n}"
-    return f"share {est:.2f} of {n}+ example comparisons"
+    base = f" vs {test['baseline']}" if test.get("baseline") else ""
+    if kind in ("paired", "matched"):
+        text = f"mean Δ {est:+.3f} {_interval(test)}, dominance {eff:+.2f}, n={n}"
+    elif kind == "equivalence":
+        text = f"mean Δ {est:+.3f} {_interval(test)} within ±{_num(test.get('margin')):g}?, n={n}"
+    elif kind == "correlation":
+        text = f"Spearman ρ {eff:+.2f} {_interval(test)}, n={n}"
+    elif kind == "threshold":
+        text = f"median {est:.3f} [{_num(test.get('lo')):.3f}, {_num(test.get('hi')):.3f}], n={n}"
+    else:
+        text = f"share {est:.2f} {_interval(test)} (Clopper-Pearson) of the compared metrics, n ≥ {n} images"
+    return f"{TEST_NAMES.get(kind, kind)}: {text}{base}"
 
 
 def attention_findings(results: dict[str, Any]) -> list[dict[str, str]]:
@@ -129,6 +145,8 @@ def render_attention_report(run_dir: Path, results: dict[str, Any]) -> tuple[Pat
     for name, a in results["attacks"].items():
         spec = a["spec"]
         params = (f"ε={spec['eps']:g}, {spec['steps']} steps" if spec["kind"] == "pgd" else
+                  f"ε={spec['eps']:g}, ≤ {spec['steps']} steps (mean {_num(a.get('mean_steps')):.1f})"
+                  if spec["kind"] == "pgd-early" else
                   f"{spec['pixels']} px, population {spec['population']} × {spec['generations']} generations")
         rows.append([_nice(name), params, a["n_attacked"], a["n_success"], a["success_rate"],
                      a.get("mean_linf"), a.get("mean_l0"), a.get("mean_queries"), a.get("control_flips"),
@@ -198,7 +216,7 @@ def render_attention_report(run_dir: Path, results: dict[str, Any]) -> tuple[Pat
     if dist:
         rep.heading("Metric distributions")
         per_k = sorted(g for g in dist if g.startswith("pixel") and g != "pixel")
-        shown = [g for g in ("pgd", "pixel", *per_k) if g in dist]
+        shown = [g for g in ("pgd", "pgd-early", "pixel", *per_k) if g in dist]
         for key, label in [("sm:d_entropy:pred", "Δ SM entropy (x:C → x̂:Ĉ)"),
                            ("sm:iou:pred", "SM top-k IoU (x:C, x̂:Ĉ)"),
                            ("sm:near:a_d", "SM mass near perturbed px (x̂:Ĉ)"),
@@ -210,7 +228,7 @@ def render_attention_report(run_dir: Path, results: dict[str, Any]) -> tuple[Pat
             rep.figure(distributions(samples, fig_dir / f"dist_{safe}.png", label, label), label)
         series_c = {}
         series_d = {}
-        for g in ("pgd", "pixel"):
+        for g in ("pgd", "pgd-early", "pixel"):
             if g in agg and agg[g]:
                 xs = list(range(len(layers)))
                 series_c[_nice(g)] = (xs, [_num(agg[g].get(f"cam:{lay}:retained:c", {}).get("median"))
@@ -229,17 +247,32 @@ def render_attention_report(run_dir: Path, results: dict[str, Any]) -> tuple[Pat
     comp = results.get("comparison", {}).get("rows", [])
     if comp:
         rep.heading("PGD vs Pixel Attack")
-        rows = [[r["label"], _fmt_ci(r["pgd"]), _fmt_ci(r["pixel"]), r["effect"], r.get("p_holm"),
-                 r["outcome"]] for r in comp]
-        rep.table(["metric", "PGD", "Pixel (pooled)", "Cliff's δ (PGD vs Pixel)", "p (Mann-Whitney, Holm)",
-                   "outcome"], rows,
-                  caption=f"'differs' = Holm-corrected p < {cfg['alpha']} and |δ| ≥ {cfg['min_effect']}.")
+        paired = results.get("paired_images", {})
+        rep.paragraph("Paired on the images both attacks broke ("
+                      + ", ".join(f"{_nice(v)}: {k} images" for v, k in paired.items())
+                      + "). Early-stopped PGD runs the full attack's trajectory (same random start, same "
+                        "steps) and stops each image at its first misclassification, as Pixel Attack stops at "
+                        "its first success; full-strength PGD runs every step and overshoots.")
+        rows = [[_nice(r.get("variant", "pgd")), r["label"], _fmt_ci(r["pgd"]), _fmt_ci(r["pixel"]),
+                 f"{_num(r.get('estimate')):+.3f} [{_num(r.get('lo')):+.3f}, {_num(r.get('hi')):+.3f}]",
+                 r["effect"], r["n"], r.get("p_holm"), r["outcome"]] for r in comp]
+        rep.table(["PGD variant", "metric", "PGD", "Pixel (pooled)", "mean Δ PGD − Pixel [95% CI]",
+                   "paired dominance", "n", "p (Wilcoxon, Holm)", "outcome"], rows,
+                  caption=f"'differs' = Holm-corrected p < {cfg['alpha']} and |dominance| ≥ "
+                          f"{cfg['min_effect']}.")
 
     rep.heading("Claims of seed 004: measured evidence and verdicts", anchor="claims")
     rep.paragraph(
         f"Decision rules: paired tests (same images) use the Wilcoxon signed-rank test with the paired "
-        f"dominance P(Δ>0) − P(Δ<0); PGD-vs-Pixel tests use Mann-Whitney U with Cliff's δ; correlations use "
-        f"Spearman's ρ; p-values are Holm-corrected over the whole table. A test is confirmed when p < "
+        f"dominance P(Δ>0) − P(Δ<0) and the 95% t-interval of the mean difference; PGD-vs-Pixel tests are the "
+        f"same paired test on the images both attacks broke (against early-stopped and full-strength PGD); "
+        f"'keeps' / 'changes minimally' claims are TOST equivalence tests against the same-budget random "
+        f"control (confirmed when the 90% interval of the mean difference lies within "
+        f"±{cfg.get('equivalence_margin', 0.1)}, contradicted when it lies wholly outside); correlations use "
+        f"Spearman's ρ with a Fisher-z interval; p-values are Holm-corrected over the whole table. Spatial "
+        f"claims are decided by IoU / rank correlation with the clean map, not by CAM energy (for a global-"
+        f"average-pool → linear head the mean Grad-CAM is the class logit minus its bias over h·w). "
+        f"A test is confirmed when p < "
         f"{cfg['alpha']} and the effect points the claimed way with |effect| ≥ {cfg['min_effect']} (|ρ| ≥ "
         f"0.1), contradicted when it points the other way, inconclusive otherwise, untestable with fewer "
         f"than {cfg['min_examples']} examples. Threshold tests use the 95% bootstrap interval of the median. "
@@ -254,10 +287,11 @@ def render_attention_report(run_dir: Path, results: dict[str, Any]) -> tuple[Pat
     for c in results["claims"]:
         for t in c["tests"]:
             group = _nice(t["group"]) + (f" vs {_nice(t['group_b'])}" if t.get("group_b") else "")
-            rows.append([c["id"], t["label"], group, t["kind"], t.get("n"), _num(t.get("estimate")),
-                         _num(t.get("effect")), t.get("p"), t.get("p_holm"), t["outcome"]])
-    rep.table(["claim", "test", "group", "kind", "n", "estimate", "effect", "p", "p (Holm)", "outcome"], rows,
-              caption="Every test behind the verdicts.")
+            rows.append([c["id"], t["label"], group, TEST_NAMES.get(t["kind"], t["kind"]), t.get("baseline", ""),
+                         t.get("n"), _num(t.get("estimate")), _interval(t), _num(t.get("effect")), t.get("p"),
+                         t.get("p_holm"), t["outcome"]])
+    rep.table(["claim", "test", "group", "statistical test", "baseline", "n", "estimate", "interval", "effect",
+               "p", "p (Holm)", "outcome"], rows, caption="Every test behind the verdicts.")
 
     rep.timings(results.get("timings", []))
     return rep.write(run_dir)

@@ -14,6 +14,7 @@ from .analysis import (
     Test,
     analyse,
     claims,
+    common_images,
     compare_attacks,
     comparison_metrics,
     evaluate_claims,
@@ -23,7 +24,7 @@ from .analysis import (
 )
 from .config import Config, PGDConfig, PixelConfig
 from .method import run
-from .steps import cam_layers, control_perturbation, image_metrics
+from .steps import cam_layers, control_perturbation, early_stopped_pgd, image_metrics
 
 
 def render(run_dir: str | Path, results: dict[str, Any]) -> tuple[Path, Path]:
@@ -35,5 +36,5 @@ def render(run_dir: str | Path, results: dict[str, Any]) -> tuple[Path, Path]:
 STUDY = StudyDef(name="attention", Config=Config, run=run, render=render, summary=summary)
 
 __all__ = ["STUDY", "Claim", "Config", "PGDConfig", "PixelConfig", "Test", "analyse", "cam_layers", "claims",
-           "compare_attacks", "comparison_metrics", "control_perturbation", "evaluate_claims", "image_metrics",
-           "pool_pixel_attacks", "render", "run", "summary", "verdict"]
+           "common_images", "compare_attacks", "comparison_metrics", "control_perturbation", "early_stopped_pgd",
+           "evaluate_claims", "image_metrics", "pool_pixel_attacks", "render", "run", "summary", "verdict"]

@@ -24,19 +24,31 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy.stats import binomtest
 
 from ...saliency.compare import chance_iou
 from ...store import Stage
-from ..stats import correlation_test, groups_test, holm, mean_ci, median_bootstrap, paired_test
+from ..stats import (
+    correlation_test,
+    equivalence_test,
+    holm,
+    mean_ci,
+    median_bootstrap,
+    paired_interval,
+    paired_test,
+    spearman_interval,
+)
 from .config import Config
 
 
 @dataclass(frozen=True)
 class Test:
-    """One test of a claim. ``kind``: paired (metric ``a`` vs ``b`` on the same images of ``group``), groups
-    (metric ``a`` of ``group`` vs of ``group_b``), correlation (``a`` vs ``b`` within ``group``), threshold
-    (median of ``a`` vs ``threshold``) or count (share of PGD-vs-Pixel metrics that differ ≥ ``threshold``).
-    ``direction`` is +1 when the claim predicts a > b (positive ρ, median above), −1 for the opposite."""
+    """One test of a claim against a named ``baseline``. ``kind``: paired (metric ``a`` vs ``b`` on the same
+    images of ``group``), equivalence (``a`` ≈ ``b`` on the same images within ± the configured margin: TOST),
+    matched (metric ``a`` of ``group`` vs of ``group_b`` on the images both attacks broke), correlation (``a``
+    vs ``b`` within ``group``), threshold (median of ``a`` vs ``threshold``) or count (share of PGD-vs-Pixel
+    metrics that differ ≥ ``threshold``). ``direction`` is +1 when the claim predicts a > b (positive ρ, median
+    above), −1 for the opposite."""
 
     label: str
     kind: str
@@ -46,6 +58,7 @@ class Test:
     direction: int = 1
     group_b: str = ""
     threshold: float = math.nan
+    baseline: str = ""
 
 
 @dataclass(frozen=True)
@@ -56,103 +69,136 @@ class Claim:
     tests: tuple[Test, ...]
 
 
+#: The random control of the same budget, named in every test that uses it as the baseline.
+CONTROL = "same-budget random control on the same images (±ε signs for PGD, as many random pixels for Pixel)"
+PGD_VARIANTS = ("pgd-early", "pgd")  # matched strength first (stopped at the first misclassification), then full
+
+
+def _vs_pgd(label: str, group: str, a: str, direction: int = 1) -> tuple[Test, ...]:
+    """A matched (paired) PGD-vs-Pixel test against each PGD variant, on the images both attacks broke."""
+    names = {"pgd-early": "PGD stopped at first misclassification", "pgd": "full-strength PGD"}
+    return tuple(Test(f"{label} [{names[v]}]", "matched", group, a, direction=direction, group_b=v,
+                      baseline=f"{names[v]}, same images") for v in PGD_VARIANTS)
+
+
 def claims(layers: list[str], destroy_ratio: float) -> list[Claim]:
-    """Every claim of seed 004, with the tests that decide it (metric names as in :func:`image_metrics`)."""
+    """Every claim of seed 004, with the tests that decide it (metric names as in :func:`image_metrics`).
+    Spatial claims ("distorted", "keeps the region") are decided by IoU / rank correlation with the clean map,
+    against the same-budget random control; "keeps" and "changes minimally" are equivalence tests."""
     last = layers[-1]
     inner = layers[:-1]
     cam = f"cam:{last}"
+    clean = "the same images' clean maps"
     out = [
         Claim("pgd-diffuses", "PGD diffuses the image's saliency (predicted class).",
               "§4.1, Fig. 2; abstract", (
                   Test("SM entropy: x̂ w.r.t. Ĉ > x w.r.t. C", "paired", "pgd", "sm:entropy:a_d",
-                       "sm:entropy:x_c"),
+                       "sm:entropy:x_c", baseline=clean),
                   Test("SM spread: x̂ w.r.t. Ĉ > x w.r.t. C", "paired", "pgd", "sm:spread:a_d",
-                       "sm:spread:x_c"))),
+                       "sm:spread:x_c", baseline=clean),
+                  Test("SM entropy: x̂ w.r.t. Ĉ > random control w.r.t. C", "paired", "pgd", "sm:entropy:a_d",
+                       "sm:entropy:ctrl", baseline=CONTROL))),
         Claim("pgd-diffuses-both-classes",
               "The PGD diffusion occurs for both the true and the adversarial class.",
               "§4.1, Figs. 3–4", (
                   Test("SM entropy w.r.t. C: x̂ > x", "paired", "pgd", "sm:entropy:a_c",
-                       "sm:entropy:x_c"),
+                       "sm:entropy:x_c", baseline=clean),
                   Test("SM entropy w.r.t. Ĉ: x̂ > x", "paired", "pgd", "sm:entropy:a_d",
-                       "sm:entropy:x_d"))),
+                       "sm:entropy:x_d", baseline=clean))),
         Claim("pgd-keeps-roi", "PGD keeps the region of interest (saliency and last-layer attention stay in "
               "the same region).", "§4.1; §4.2, Fig. 5", (
-                  Test("SM top-k IoU(x:C, x̂:Ĉ) > same with another image's x̂", "paired", "pgd", "sm:iou:pred",
-                       "sm:iou:pred_shuffled"),
-                  Test(f"AM {last} IoU(x:C, x̂:Ĉ) > same with another image's x̂", "paired", "pgd",
-                       f"{cam}:iou:pred", f"{cam}:iou:pred_shuffled"))),
-        Claim("pgd-destroys-true-cam", "PGD destroys the class activation map of the true class.",
+                  Test("SM top-k IoU with x:C: x̂:Ĉ ≈ random control:C", "equivalence", "pgd", "sm:iou:pred",
+                       "sm:iou:true_ctrl", baseline=CONTROL),
+                  Test("SM rank corr. with x:C: x̂:Ĉ ≈ random control:C", "equivalence", "pgd", "sm:rank:pred",
+                       "sm:rank:true_ctrl", baseline=CONTROL),
+                  Test(f"AM {last} top-k IoU with x:C: x̂:Ĉ ≈ random control:C", "equivalence", "pgd",
+                       f"{cam}:iou:pred", f"{cam}:iou:true_ctrl", baseline=CONTROL))),
+        Claim("pgd-distorts-true-cam", "PGD destroys (distorts) the class activation map of the true class.",
               "§1; §4.2, Fig. 6", (
-                  Test(f"AM {last} energy w.r.t. C: x̂ < x", "paired", "pgd", f"{cam}:energy:a_c",
-                       f"{cam}:energy:x_c", -1),
+                  Test(f"AM {last} w.r.t. C top-k IoU with x: x̂ < random control", "paired", "pgd",
+                       f"{cam}:iou:true", f"{cam}:iou:true_ctrl", -1, baseline=CONTROL),
+                  Test(f"AM {last} w.r.t. C rank corr. with x: x̂ < random control", "paired", "pgd",
+                       f"{cam}:rank:true", f"{cam}:rank:true_ctrl", -1, baseline=CONTROL))),
+        Claim("pgd-true-cam-energy", "(Not spatial; reported beside the claim above.) PGD lowers the true "
+              "class's last-layer CAM energy — for a global-average-pool → linear head this is (logit_C − b_C) "
+              "/ (h·w), i.e. the logit drop PGD optimises.", "§1; §4.2, Fig. 6", (
                   Test(f"median retained AM {last} energy w.r.t. C < {destroy_ratio:g}", "threshold",
-                       "pgd", f"{cam}:retained:c", direction=-1, threshold=destroy_ratio))),
+                       "pgd", f"{cam}:retained:c", direction=-1, threshold=destroy_ratio,
+                       baseline=f"ratio {destroy_ratio:g} (x̂/x)"),)),
         Claim("pgd-adv-cam-moves-to-true", "Under PGD the adversarial class's attention moves close to the "
               "true class's original attention.", "§4.2, Fig. 7", (
                   Test(f"AM {last} IoU(x̂:Ĉ, x:C) > IoU(x:Ĉ, x:C)", "paired", "pgd", f"{cam}:iou:pred",
-                       f"{cam}:iou:cross_clean"),)),
+                       f"{cam}:iou:cross_clean", baseline="the adversarial class's clean map x:Ĉ"),)),
         Claim("pixel-attracts-saliency", "Pixel Attack shifts the saliency to the perturbed pixels.",
               "§4.1, Fig. 2", (
                   Test("SM mass near perturbed pixels: x̂:Ĉ > x:C", "paired", "pixel", "sm:near:a_d",
-                       "sm:near:x_c"),
+                       "sm:near:x_c", baseline=clean),
                   Test("SM mass near perturbed pixels x̂:Ĉ > area share", "paired", "pixel",
-                       "sm:near:a_d", "sm:near:chance"))),
+                       "sm:near:a_d", "sm:near:chance", baseline="area share of the neighbourhood (uniform map)"),
+                  Test("SM mass near perturbed pixels x̂:Ĉ > control map's near its own pixels", "paired",
+                       "pixel", "sm:near:a_d", "sm:near:ctrl", baseline=CONTROL))),
         Claim("pixel-not-diffuse", "Pixel Attack does not diffuse saliency the way PGD does.",
-              "§4.1, Fig. 2", (
-            Test("SM entropy change (x̂:Ĉ − x:C): Pixel < PGD", "groups", "pixel", "sm:d_entropy:pred",
-                 direction=-1, group_b="pgd"),)),
+              "§4.1, Fig. 2", _vs_pgd("SM entropy change (x̂:Ĉ − x:C): Pixel < PGD", "pixel",
+                                      "sm:d_entropy:pred", -1)),
         Claim("pixel-true-saliency-minimal", "Under Pixel Attack the saliency w.r.t. the true class changes "
               "minimally, that w.r.t. the adversarial class changes.", "§4.1, Figs. 3–4", (
                   Test("SM rank corr. x vs x̂: w.r.t. C > w.r.t. Ĉ", "paired", "pixel", "sm:rank:true",
-                       "sm:rank:adv"),
-                  Test("SM rank corr. w.r.t. C (x vs x̂): Pixel > PGD", "groups", "pixel", "sm:rank:true",
-                       group_b="pgd"))),
+                       "sm:rank:adv", baseline="the same images' maps w.r.t. Ĉ"),
+                  Test("SM rank corr. with x:C: x̂:C ≈ random control:C", "equivalence", "pixel", "sm:rank:true",
+                       "sm:rank:true_ctrl", baseline=CONTROL))),
         Claim("pixel-shifts-roi", "Pixel Attack changes the region of interest (PGD does not).",
               "§4.1; conclusions", (
-                  Test("SM top-k IoU(x:C, x̂:Ĉ): Pixel < PGD", "groups", "pixel", "sm:iou:pred", direction=-1,
-                       group_b="pgd"),
-                  Test("SM centre-of-mass shift (x:C → x̂:Ĉ): Pixel > PGD", "groups", "pixel",
-                       "sm:com:pred", group_b="pgd"))),
+                  Test("SM top-k IoU with x:C: x̂:Ĉ < random control:C", "paired", "pixel", "sm:iou:pred",
+                       "sm:iou:true_ctrl", -1, baseline=CONTROL),
+                  *_vs_pgd("SM top-k IoU(x:C, x̂:Ĉ): Pixel < PGD", "pixel", "sm:iou:pred", -1),
+                  *_vs_pgd("SM centre-of-mass shift (x:C → x̂:Ĉ): Pixel > PGD", "pixel", "sm:com:pred"))),
         Claim("pixel-cam-toward-or-away", "Pixel Attack's last-layer attention moves towards or away from "
               "the perturbed pixels (more than PGD's does from its most changed pixels).", "§4.2, Fig. 5", (
-                  Test(f"|Δ AM {last} mass near perturbed pixels| (x:C → x̂:Ĉ): Pixel > PGD", "groups",
-                       "pixel", f"{cam}:abs_d_near:pred", group_b="pgd"),)),
+                  Test(f"|Δ AM {last} mass w.r.t. C near perturbed pixels|: x̂ > control near its own pixels",
+                       "paired", "pixel", f"{cam}:abs_d_near:c", f"{cam}:abs_d_near:ctrl", baseline=CONTROL),
+                  *_vs_pgd(f"excess over control of |Δ AM {last} near-mass w.r.t. C|: Pixel > PGD", "pixel",
+                           f"{cam}:excess_near:c"))),
         Claim("pixel-cam-true-minimal", "Pixel Attack mainly distorts the adversarial class's activation "
               "map; the true class's changes minimally.", "§4.2, Figs. 6–7", (
                   Test(f"AM {last} IoU x vs x̂: w.r.t. C > w.r.t. Ĉ", "paired", "pixel",
-                       f"{cam}:iou:true", f"{cam}:iou:adv"),
-                  Test(f"retained AM {last} energy w.r.t. C: Pixel > PGD", "groups", "pixel",
-                       f"{cam}:retained:c", group_b="pgd"))),
+                       f"{cam}:iou:true", f"{cam}:iou:adv", baseline="the same images' maps w.r.t. Ĉ"),
+                  Test(f"AM {last} IoU with x:C: x̂:C ≈ random control:C", "equivalence", "pixel",
+                       f"{cam}:iou:true", f"{cam}:iou:true_ctrl", baseline=CONTROL))),
         Claim("complementary-features", "When one class's activation map retracts from a perturbed pixel, "
               "another class's map focuses on it (complementary features).", "§4.2", (
-                  Test(f"Spearman ρ(Δ AM {last} near-mass w.r.t. C, w.r.t. Ĉ) < 0", "correlation", "pixel",
-                       f"{cam}:d_near:c", f"{cam}:d_near:d", -1),)),
+                  Test(f"Spearman ρ(Δ AM {last} near-mass w.r.t. C, w.r.t. Ĉ) < 0 (between images)",
+                       "correlation", "pixel", f"{cam}:d_near:c", f"{cam}:d_near:d", -1, baseline="ρ = 0"),)),
         Claim("attacks-differ", "PGD and Pixel Attack change saliency and activation maps differently.",
               "§4.2; conclusions", (
                   Test("share of compared metrics with a significant PGD–Pixel difference ≥ 0.5", "count",
-                       "pgd", "", threshold=0.5),)),
+                       "pgd", "", threshold=0.5, baseline="half of the compared metrics"),)),
         Claim("not-naive", "Adversarial examples do not fool the network naively: they distort its saliency "
               "(more than a random perturbation of the same budget).", "conclusions", (
                   Test("PGD: SM rank corr. w.r.t. C, x vs random control > x vs x̂", "paired", "pgd",
-                       "sm:rank:true_ctrl", "sm:rank:true"),
+                       "sm:rank:true_ctrl", "sm:rank:true", baseline=CONTROL),
                   Test("Pixel: SM rank corr. w.r.t. C, x vs random control > x vs x̂", "paired", "pixel",
-                       "sm:rank:true_ctrl", "sm:rank:true"))),
+                       "sm:rank:true_ctrl", "sm:rank:true", baseline=CONTROL))),
     ]
     if inner:
         out += [
             Claim("pgd-inner-lose-true", "PGD makes intermediate layers lose attention for the correct "
                   "class.", "abstract; conclusions", tuple(
                       Test(f"AM {lay} energy w.r.t. C: x̂ < x", "paired", "pgd",
-                           f"cam:{lay}:energy:a_c", f"cam:{lay}:energy:x_c", -1) for lay in inner)),
+                           f"cam:{lay}:energy:a_c", f"cam:{lay}:energy:x_c", -1, baseline=clean)
+                      for lay in inner) + tuple(
+                      Test(f"AM {lay} w.r.t. C top-k IoU with x: x̂ < random control", "paired", "pgd",
+                           f"cam:{lay}:iou:true", f"cam:{lay}:iou:true_ctrl", -1, baseline=CONTROL)
+                      for lay in inner)),
             Claim("pgd-inner-gain-adv",
                   "…while intermediate layers gain attention for the misclassified class.",
                   "conclusions", tuple(
                       Test(f"AM {lay} energy w.r.t. Ĉ: x̂ > x", "paired", "pgd",
-                           f"cam:{lay}:energy:a_d", f"cam:{lay}:energy:x_d") for lay in inner)),
+                           f"cam:{lay}:energy:a_d", f"cam:{lay}:energy:x_d", baseline=clean) for lay in inner)),
             Claim("pixel-inner-roi", "Pixel Attack changes the region of attention of intermediate "
                   "convolution layers (more than random pixels do).", "conclusions", tuple(
                       Test(f"AM {lay} IoU w.r.t. C: x vs random control > x vs x̂", "paired", "pixel",
-                           f"cam:{lay}:iou:true_ctrl", f"cam:{lay}:iou:true") for lay in inner)),
+                           f"cam:{lay}:iou:true_ctrl", f"cam:{lay}:iou:true", baseline=CONTROL)
+                      for lay in inner)),
         ]
     return out
 
@@ -190,6 +236,19 @@ def _outcome(res: dict[str, Any], direction: int, cfg: Config, p_key: str = "p_h
     return "confirmed" if np.sign(eff) == direction else "contradicted"
 
 
+def _equivalence_outcome(res: dict[str, Any], cfg: Config) -> str:
+    """confirmed: Holm-corrected TOST p < alpha (the 1 − 2α interval inside ±margin); contradicted: that interval
+    lies wholly outside ±margin; inconclusive otherwise."""
+    if res.get("n", 0) < cfg.min_examples:
+        return "untestable"
+    p, lo, hi, m = res.get("p_holm", math.nan), res.get("lo", math.nan), res.get("hi", math.nan), res["margin"]
+    if np.isfinite(p) and p < cfg.alpha:
+        return "confirmed"
+    if np.isfinite(lo) and np.isfinite(hi) and (lo > m or hi < -m):
+        return "contradicted"
+    return "inconclusive"
+
+
 def verdict(outcomes: list[str]) -> str:
     """supported / not supported / mixed / not testable from the outcomes of a claim's tests."""
     testable = [o for o in outcomes if o != "untestable"]
@@ -201,46 +260,84 @@ def verdict(outcomes: list[str]) -> str:
     return "not supported" if confirmed == 0 else "mixed"
 
 
+Index = dict[str, np.ndarray]
+
+
+def common_images(index: Index | None, metrics: dict[str, dict[str, np.ndarray]], group: str,
+                  group_b: str) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of ``group``'s and ``group_b``'s metric arrays for the images both attacks broke (``index[g]``: the
+    selected-image position of each row; without ``index`` the rows are taken as the same images)."""
+    if index is None or group not in index or group_b not in index:
+        n = min((len(next(iter(metrics.get(g, {}).values()), [])) for g in (group, group_b)), default=0)
+        return np.arange(n), np.arange(n)
+    _, rows_a, rows_b = np.intersect1d(index[group], index[group_b], return_indices=True)
+    return rows_a, rows_b
+
+
+def matched_test(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
+    """Paired Wilcoxon test of ``a − b`` on the same images, with the Student-t interval of the mean difference."""
+    iv = paired_interval(a, b)
+    return {**paired_test(a, b), "lo": iv["lo"], "hi": iv["hi"]}
+
+
 def evaluate_claims(metrics: dict[str, dict[str, np.ndarray]], cfg: Config, layers: list[str],
-                    comparison: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Run every claim's tests on per-image ``metrics[group][metric]`` arrays and assign verdicts."""
+                    comparison: dict[str, Any] | None = None, index: Index | None = None) -> list[dict[str, Any]]:
+    """Run every claim's tests on per-image ``metrics[group][metric]`` arrays and assign verdicts; ``index``
+    aligns the groups' rows by image for the matched PGD-vs-Pixel tests."""
     rows: list[dict[str, Any]] = []
     flat: list[dict[str, Any]] = []
     for claim in claims(layers, cfg.destroy_ratio):
         tests = []
         for t in claim.tests:
             g = metrics.get(t.group, {})
-            missing = {"n": 0, "effect": math.nan, "estimate": math.nan, "p": math.nan}
+            missing = {"n": 0, "effect": math.nan, "estimate": math.nan, "p": math.nan, "lo": math.nan,
+                       "hi": math.nan}
             if t.kind == "paired":
-                res = paired_test(g[t.a], g[t.b]) if t.a in g and t.b in g else missing
-            elif t.kind == "groups":
+                res = matched_test(g[t.a], g[t.b]) if t.a in g and t.b in g else missing
+            elif t.kind == "equivalence":
+                res = (equivalence_test(g[t.a], g[t.b], cfg.equivalence_margin, cfg.alpha)
+                       if t.a in g and t.b in g else {**missing, "margin": cfg.equivalence_margin})
+            elif t.kind == "matched":
                 gb = metrics.get(t.group_b, {})
-                res = groups_test(g[t.a], gb[t.a]) if t.a in g and t.a in gb else missing
+                if t.a in g and t.a in gb:
+                    ra, rb = common_images(index, metrics, t.group, t.group_b)
+                    res = matched_test(g[t.a][ra], gb[t.a][rb])
+                else:
+                    res = missing
             elif t.kind == "correlation":
-                res = correlation_test(g[t.a], g[t.b]) if t.a in g and t.b in g else missing
+                res = (correlation_test(g[t.a], g[t.b]) | {k: v for k, v in spearman_interval(g[t.a], g[t.b])
+                                                            .items() if k in ("lo", "hi")}
+                       if t.a in g and t.b in g else missing)
             elif t.kind == "threshold":
                 res = median_bootstrap(g[t.a], cfg.bootstrap, cfg.seed) if t.a in g else dict(missing)
             elif t.kind == "count":
-                rows_c = (comparison or {}).get("rows", [])
-                share = float(np.mean([r["outcome"] == "differs" for r in rows_c])) if rows_c else math.nan
+                rows_c = [r for r in (comparison or {}).get("rows", []) if r.get("variant", "pgd-early")
+                          == (comparison or {}).get("primary", "pgd-early")]
+                k = sum(r["outcome"] == "differs" for r in rows_c)
+                share = k / len(rows_c) if rows_c else math.nan
+                lo, hi = ((lambda ci: (float(ci.low), float(ci.high)))(binomtest(k, len(rows_c))
+                                                                        .proportion_ci()) if rows_c
+                          else (math.nan, math.nan))
                 res = {"n": min((r["n"] for r in rows_c), default=0), "estimate": share, "effect": math.nan,
-                       "p": math.nan}
+                       "p": math.nan, "lo": lo, "hi": hi}
             else:
                 raise ValueError(f"unknown test kind {t.kind!r}")
             entry = {"label": t.label, "kind": t.kind, "group": t.group, "group_b": t.group_b, "a": t.a,
-                     "b": t.b, "direction": t.direction, "threshold": t.threshold, **res}
+                     "b": t.b, "direction": t.direction, "threshold": t.threshold, "baseline": t.baseline, **res}
             tests.append(entry)
             flat.append(entry)
         rows.append({"id": claim.id, "claim": claim.text, "source": claim.source, "tests": tests})
     # the Holm family: every p-valued test with enough examples (untestable ones are not tests at all)
-    testable = [e for e in flat if e["kind"] in ("paired", "groups", "correlation")]
+    testable = [e for e in flat if e["kind"] in P_KINDS]
     family = [e for e in testable if e["n"] >= cfg.min_examples]
     for e in testable:
         e["p_holm"] = math.nan
     for e, p in zip(family, holm([e["p"] for e in family]), strict=True):
         e["p_holm"] = p
     for e in flat:
-        if e["kind"] in ("paired", "groups", "correlation"):
+        if e["kind"] == "equivalence":
+            e["outcome"] = _equivalence_outcome(e, cfg)
+        elif e["kind"] in P_KINDS:
             e["outcome"] = _outcome(e, e["direction"], cfg)
         elif e["kind"] == "threshold":
             if e["n"] < cfg.min_examples:
@@ -261,22 +358,32 @@ def evaluate_claims(metrics: dict[str, dict[str, np.ndarray]], cfg: Config, laye
     return rows
 
 
-def compare_attacks(metrics: dict[str, dict[str, np.ndarray]], cfg: Config,
-                    layers: list[str]) -> dict[str, Any]:
-    """PGD vs Pixel Attack on every headline metric: Mann-Whitney U, Cliff's δ, Holm over the table."""
+P_KINDS = ("paired", "equivalence", "matched", "correlation")
+
+
+def compare_attacks(metrics: dict[str, dict[str, np.ndarray]], cfg: Config, layers: list[str],
+                    index: Index | None = None) -> dict[str, Any]:
+    """PGD vs Pixel Attack on every headline metric, paired on the images both attacks broke, for each PGD
+    variant present (stopped at the first misclassification, full strength): Wilcoxon signed-rank, paired
+    dominance, the interval of the mean difference, Holm over the table. ``primary``: the variant the "attacks
+    differ" claim counts (early-stopped PGD when run, the strength Pixel Attack has)."""
     rows = []
-    for key, label in comparison_metrics(layers).items():
-        a, b = metrics.get("pgd", {}).get(key), metrics.get("pixel", {}).get(key)
-        if a is None or b is None:
-            continue
-        res = groups_test(a, b)
-        rows.append({"metric": key, "label": label, "pgd": mean_ci(a), "pixel": mean_ci(b), **res})
+    variants = [v for v in PGD_VARIANTS if v in metrics]
+    for variant in variants:
+        ra, rb = common_images(index, metrics, variant, "pixel")
+        for key, label in comparison_metrics(layers).items():
+            a, b = metrics.get(variant, {}).get(key), metrics.get("pixel", {}).get(key)
+            if a is None or b is None:
+                continue
+            a, b = a[ra], b[rb]
+            rows.append({"metric": key, "label": label, "variant": variant, "pgd": mean_ci(a), "pixel": mean_ci(b),
+                         **matched_test(a, b)})
     for r, p in zip(rows, holm([r["p"] for r in rows]), strict=True):
         r["p_holm"] = p
         ok = (r["n"] >= cfg.min_examples and np.isfinite(p) and p < cfg.alpha
               and abs(r["effect"]) >= cfg.min_effect)
         r["outcome"] = "differs" if ok else ("untestable" if r["n"] < cfg.min_examples else "no difference")
-    return {"rows": rows}
+    return {"rows": rows, "primary": variants[0] if variants else "pgd"}
 
 
 # ------------------------------------------------------------------------------------------------ tables
@@ -302,6 +409,11 @@ def pool_pixel_attacks(per_k: dict[int, Stage | dict[str, Any]]) -> tuple[dict[s
     return pooled, np.array([chosen[i][0] for i in order])
 
 
+def pooled_index(per_k: dict[int, Stage | dict[str, Any]]) -> np.ndarray:
+    """The selected-image positions of the pooled Pixel Attack rows (:func:`pool_pixel_attacks`' order)."""
+    return np.array(sorted({int(i) for p in per_k.values() for i in p["index"].tolist()}), dtype=np.int64)
+
+
 def distribution_metrics(layers: list[str]) -> list[str]:
     """The metrics whose per-image values go into results (the report's distribution plots)."""
     last = layers[-1]
@@ -320,6 +432,8 @@ def attack_row(spec: dict[str, Any], adv: Stage, maps: Stage) -> dict[str, Any]:
            "mean_l0": float(adv["l0"][succ].mean()) if succ.any() else math.nan,
            "control_flips": maps.get("control_flips", math.nan),
            "maps_seconds": float(maps["seconds"]), "maps_cpu_seconds": float(maps["cpu_seconds"])}
+    if "steps" in adv:
+        row["mean_steps"] = float(adv["steps"].mean())
     if "queries" in adv:
         row["mean_queries"] = float(adv["queries"].mean())
         row["mean_queries_success"] = float(adv["queries"][succ].mean()) if succ.any() else math.nan
@@ -331,10 +445,12 @@ def analyse(cfg: Config, layers: list[str], specs: dict[str, dict[str, Any]], ad
     """The results' tables and verdicts from the stored stages: attacks, the pooled Pixel Attack group,
     aggregates (mean [95% CI], median) per group, distributions, PGD vs Pixel Attack, and the claims."""
     groups: dict[str, dict[str, np.ndarray]] = {name: metric_arrays(m) for name, m in metrics.items()}
+    index: Index = {name: m["index"].numpy() for name, m in metrics.items()}
     per_k = {int(k): metrics[f"pixel{k}"] for k in cfg.pixel.pixels}
     pooled, pixels_used = pool_pixel_attacks(per_k)
     groups["pixel"] = pooled
-    comparison = compare_attacks(groups, cfg, layers)
+    index["pixel"] = pooled_index(per_k)
+    comparison = compare_attacks(groups, cfg, layers, index)
     return {
         "layers": layers,
         "attacks": {name: attack_row(spec, adv[name], maps[name]) for name, spec in specs.items()},
@@ -344,7 +460,9 @@ def analyse(cfg: Config, layers: list[str], specs: dict[str, dict[str, Any]], ad
         "distributions": {g: {m: [float(v) for v in groups[g].get(m, [])] for m in distribution_metrics(layers)}
                           for g in groups},
         "comparison": comparison,
-        "claims": evaluate_claims(groups, cfg, layers, comparison),
+        "claims": evaluate_claims(groups, cfg, layers, comparison, index),
+        "paired_images": {v: int(len(np.intersect1d(index[v], index["pixel"]))) for v in PGD_VARIANTS
+                          if v in index},
         "chance_iou": chance_iou(cfg.top_fraction),
     }
 

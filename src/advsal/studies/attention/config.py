@@ -16,6 +16,9 @@ class PGDConfig:
     steps: int = 20
     alpha: float | None = None
     top_pixels: int = 5  # the "perturbed pixels" of PGD for the attraction metric: the k most changed
+    # also run PGD stopped per image at its first misclassification (same start, same steps): the strength
+    # Pixel Attack has (it stops at its first success), for the paired PGD-vs-Pixel comparisons
+    early_stop: bool = True
 
     def validate(self) -> None:
         require(0 < self.eps <= 1, "eps", f"must be in (0, 1] (pixel units), got {self.eps}")
@@ -23,6 +26,7 @@ class PGDConfig:
         require(self.alpha is None or self.alpha > 0, "alpha", f"must be > 0 or null (2.5·eps/steps), got "
                 f"{self.alpha}")
         require(self.top_pixels >= 1, "top_pixels", f"must be ≥ 1, got {self.top_pixels}")
+        require(isinstance(self.early_stop, bool), "early_stop", f"must be true or false, got {self.early_stop!r}")
 
 
 @dataclass
@@ -61,7 +65,10 @@ class Config:
     radius: float = 2.0  # "near a perturbed pixel" = within this many pixels
     alpha: float = 0.05
     min_effect: float = 0.147
-    destroy_ratio: float = 0.5  # "destroys" = median retained true-class CAM energy below this
+    destroy_ratio: float = 0.5  # reported only: median retained true-class CAM energy below this
+    # "keeps the region" = the mean paired difference of IoU / rank correlation with the clean map, adversarial
+    # minus same-budget random control, lies within ±this (TOST equivalence test)
+    equivalence_margin: float = 0.1
     min_examples: int = 10
     bootstrap: int = 2000
     figure_images: int = 4
@@ -79,6 +86,8 @@ class Config:
         require(self.radius >= 0, "radius", f"must be ≥ 0, got {self.radius}")
         require(0 < self.alpha < 1, "alpha", f"must be in (0, 1), got {self.alpha}")
         require(0 <= self.min_effect <= 1, "min_effect", f"must be in [0, 1], got {self.min_effect}")
+        require(0 < self.equivalence_margin < 1, "equivalence_margin", f"must be in (0, 1), got "
+                f"{self.equivalence_margin}")
         require(self.destroy_ratio > 0, "destroy_ratio", f"must be > 0, got {self.destroy_ratio}")
         require(self.min_examples >= 2, "min_examples", f"must be ≥ 2, got {self.min_examples}")
         require(self.bootstrap >= 100, "bootstrap", f"must be ≥ 100 resamples, got {self.bootstrap}")

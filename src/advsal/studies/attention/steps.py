@@ -10,13 +10,15 @@ import torch
 from torch import nn
 
 from ...attacks import make_attack
+from ...attacks.base import AttackResult, perturbation_norms
+from ...attacks.gradient import loss_gradient, random_start
 from ...data import ImageSet
 from ...errors import ConfigError
 from ...progress import Bar
 from ...saliency import compare as cmp
 from ...saliency import grad_cam, grad_cam_layers, guided_backprop
 from ...store import Stage, save_tensors
-from ...tensors import batch_slices, map_batches, predict_logits
+from ...tensors import batch_slices, frozen, map_batches, predict_logits
 from ..engine import Context
 from .config import Config
 
@@ -103,9 +105,12 @@ def select_images(ctx: Context, n: int, seed: int) -> Stage:
 
 
 def attack_specs(cfg: Config) -> dict[str, dict[str, Any]]:
-    """Every attack of the study by stage name: PGD, and Pixel Attack per pixel count."""
+    """Every attack of the study by stage name: PGD, PGD stopped at the first misclassification (``pgd-early``,
+    when ``pgd.early_stop``), and Pixel Attack per pixel count."""
     specs: dict[str, dict[str, Any]] = {"pgd": {"kind": "pgd", "eps": cfg.pgd.eps, "steps": cfg.pgd.steps,
                                                 "alpha": cfg.pgd.alpha}}
+    if cfg.pgd.early_stop:
+        specs["pgd-early"] = {**specs["pgd"], "kind": "pgd-early"}
     for k in cfg.pixel.pixels:
         specs[f"pixel{k}"] = {"kind": "pixel", "pixels": int(k), "population": cfg.pixel.population,
                               "generations": cfg.pixel.generations}
@@ -128,15 +133,50 @@ def attack(ctx: Context, images: Stage, name: str, spec: dict[str, Any], seed: i
         if spec["kind"] == "pixel":
             params["eval_batch"] = 500  # ~2x cheaper per image than huge batches on CPU
         start, cpu = time.perf_counter(), time.process_time()
-        res = make_attack(spec["kind"], seed=seed, **params)(model, x.to(ctx.device), y.to(ctx.device))
+        if spec["kind"] == "pgd-early":
+            res, steps = early_stopped_pgd(model, x.to(ctx.device), y.to(ctx.device), seed=seed, **params)
+        else:
+            res, steps = make_attack(spec["kind"], seed=seed, **params)(model, x.to(ctx.device),
+                                                                          y.to(ctx.device)), None
         out = {"x_adv": res.x_adv.cpu(), "success": res.success.cpu(), "pred": res.pred.cpu(),
                "linf": res.linf.cpu(), "l0": res.l0.float().cpu(), "seconds": time.perf_counter() - start,
                "cpu_seconds": time.process_time() - cpu}
         if res.queries is not None:
             out["queries"] = res.queries.float().cpu()
+        if steps is not None:
+            out["steps"] = steps.float().cpu()
         return out
 
     return ctx.stage(f"attack-{name}", compute, params={**spec, "seed": seed}, inputs=[images, ctx.classifier])
+
+
+def early_stopped_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int,
+                      alpha: float | None, seed: int) -> tuple[Any, torch.Tensor]:
+    """PGD L∞ run step by step from the same seeded random start as ``PGD(eps, alpha, steps, seed=seed)`` on
+    the whole batch, each image frozen at its first misclassification (the random start included): the
+    attack's trajectory up to the point where Pixel Attack, which stops at its first success, would stop.
+    Returns the ``AttackResult`` and the steps each image took."""
+    a = 2.5 * eps / steps if alpha is None else alpha
+    with frozen(model):
+        x_adv = random_start(x, eps, "linf", torch.Generator(device=x.device).manual_seed(seed))
+        lo, hi = (x - eps).clamp_min(0), (x + eps).clamp_max(1)
+        with torch.no_grad():
+            done = model(x_adv).argmax(1) != y
+        taken = torch.zeros(len(x), dtype=torch.long, device=x.device)
+        for _ in range(steps):
+            active = (~done).nonzero().flatten()
+            if not len(active):
+                break
+            grad, _ = loss_gradient(model, x_adv[active], y[active], False)
+            with torch.no_grad():
+                step = torch.minimum(torch.maximum(x_adv[active] + a * grad.sign(), lo[active]), hi[active])
+                x_adv[active] = step
+                taken[active] += 1
+                done[active] = model(step).argmax(1) != y[active]
+        with torch.no_grad():
+            pred = model(x_adv).argmax(1)
+    norms = perturbation_norms(x, x_adv)
+    return AttackResult(x_adv=x_adv, success=pred != y, pred=pred, **norms), taken
 
 
 def saliency_and_cams(ctx: Context, images: Stage, adv: Stage, name: str, spec: dict[str, Any],
@@ -153,7 +193,7 @@ def saliency_and_cams(ctx: Context, images: Stage, adv: Stage, name: str, spec: 
         if not len(idx):
             return {"index": idx, "n": 0, "control_flips": float("nan"), "seconds": 0.0, "cpu_seconds": 0.0}
         xs, xa, c, d = x[idx], adv["x_adv"][idx], y[idx], adv["pred"][idx]
-        ctrl = control_perturbation(xs, xa, "linf" if spec["kind"] == "pgd" else "l0", eps, seed + 7)
+        ctrl = control_images(xs, xa, spec, seed)
         out: dict[str, Any] = {"index": idx}
         images_, classes = {"x": xs, "a": xa}, {"c": c, "d": d}
         runs = {combo: (images_[i], classes[t]) for combo, (i, t) in COMBOS.items()} | {"ctrl": (ctrl, c)}
@@ -172,28 +212,43 @@ def saliency_and_cams(ctx: Context, images: Stage, adv: Stage, name: str, spec: 
     return ctx.stage(f"maps-{name}", compute, params=params, inputs=[images, adv, ctx.classifier])
 
 
+def control_images(x: torch.Tensor, x_adv: torch.Tensor, spec: dict[str, Any], seed: int) -> torch.Tensor:
+    """The random control of one attack's successful examples (:func:`control_perturbation`): ±ε signs for
+    PGD, ±(each image's own L∞) for early-stopped PGD, as many random pixels as changed for Pixel Attack."""
+    if spec["kind"] == "pgd":
+        return control_perturbation(x, x_adv, "linf", spec["eps"], seed + 7)
+    if spec["kind"] == "pgd-early":
+        linf = (x_adv - x).flatten(1).abs().amax(1).view(-1, 1, 1, 1)
+        return control_perturbation(x, x_adv, "linf", linf, seed + 7)
+    return control_perturbation(x, x_adv, "l0", 0.0, seed + 7)
+
+
 def map_metrics(ctx: Context, images: Stage, adv: Stage, maps: Stage, name: str, spec: dict[str, Any],
                 layers: list[str], top_fraction: float, radius: float, top_pixels: int, seed: int) -> Stage:
     """Every per-image metric of one attack's maps (:func:`image_metrics`); the perturbed pixels are the changed
     pixels (Pixel Attack) or the ``top_pixels`` most changed ones, ties broken at random (PGD)."""
     x, _ = images_of(ctx.test, images)
-    linf = spec["kind"] == "pgd"
+    linf = spec["kind"] in ("pgd", "pgd-early")
 
     def compute() -> dict[str, Any]:
         idx = maps["index"]
         if len(idx) == 0:
             return {"index": idx}
-        perturbed = cmp.perturbed_pixels(x[idx], adv["x_adv"][idx], top_k=top_pixels if linf else None, seed=seed)
+        k = top_pixels if linf else None
+        perturbed = cmp.perturbed_pixels(x[idx], adv["x_adv"][idx], top_k=k, seed=seed)
+        # the control's own perturbed pixels, chosen the same way: the baseline of the toward/away tests
+        ctrl_x = control_images(x[idx], adv["x_adv"][idx], spec, seed)
+        perturbed_ctrl = cmp.perturbed_pixels(x[idx], ctrl_x, top_k=k, seed=seed + 1)
         sm = {combo: maps[f"sm:{combo}"] for combo in COMBOS}
         cams = {combo: {lay: (maps[f"cam:{lay}:{combo}"], maps[f"up:{lay}:{combo}"]) for lay in layers}
                 for combo in COMBOS}
         ctrl = {lay: (maps[f"cam:{lay}:ctrl"], maps[f"up:{lay}:ctrl"]) for lay in layers}
-        metrics = image_metrics(sm, maps["sm:ctrl"], cams, ctrl, perturbed, top_fraction, radius)
+        metrics = image_metrics(sm, maps["sm:ctrl"], cams, ctrl, perturbed, top_fraction, radius, perturbed_ctrl)
         return {"index": idx, **{f"m:{k}": v for k, v in metrics.items()}}
 
     params = {"top_fraction": top_fraction, "radius": radius} | ({"top_pixels": top_pixels, "seed": seed}
                                                                  if linf else {})
-    return ctx.stage(f"metrics-{name}", compute, params=params, inputs=[images, adv, maps])
+    return ctx.stage(f"metrics-{name}", compute, params=params, inputs=[images, adv, maps], version=2)
 
 
 def store_figure_maps(run_dir: Any, maps: dict[str, Stage], adv: dict[str, Stage], images: Stage, test: ImageSet,
@@ -237,8 +292,10 @@ def cam_maps(model: nn.Module, x: torch.Tensor, target: torch.Tensor, layers: li
     return {lay: (torch.cat([r for r, _ in p]), torch.cat([u for _, u in p])) for lay, p in parts.items()}
 
 
-def control_perturbation(x: torch.Tensor, x_adv: torch.Tensor, kind: str, eps: float, seed: int) -> torch.Tensor:
-    """A random perturbation with the adversarial one's budget: ±ε uniform signs (L∞) for ``kind="linf"``;
+def control_perturbation(x: torch.Tensor, x_adv: torch.Tensor, kind: str, eps: float | torch.Tensor,
+                         seed: int) -> torch.Tensor:
+    """A random perturbation with the adversarial one's budget: ±ε uniform signs (L∞; ``eps`` a number or
+    (N, 1, 1, 1) per image) for ``kind="linf"``;
     for ``kind="l0"`` as many random pixels as x_adv changed, set to uniform random values."""
     gen = torch.Generator().manual_seed(seed)
     if kind == "linf":
@@ -257,13 +314,18 @@ def control_perturbation(x: torch.Tensor, x_adv: torch.Tensor, kind: str, eps: f
 def image_metrics(sm: dict[str, torch.Tensor], sm_ctrl: torch.Tensor,
                   cams: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]],
                   cams_ctrl: dict[str, tuple[torch.Tensor, torch.Tensor]], perturbed: torch.Tensor,
-                  top_fraction: float, radius: float) -> dict[str, torch.Tensor]:
+                  top_fraction: float, radius: float,
+                  perturbed_ctrl: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Every per-image metric from the maps, named ``family:metric:which``: diffusion (entropy, spread), shift
     (top-k IoU, Spearman rank correlation, centre-of-mass displacement), attraction to the perturbed pixels,
     and per layer CAM energy, its retained share and peak displacement.
 
     ``sm[combo]`` (N, H, W) and ``cams[combo][layer] = (raw, upsampled)`` for combo in ``COMBOS``; the control
-    maps are w.r.t. the true class; ``perturbed`` (N, H, W) marks the perturbed pixels.
+    maps are w.r.t. the true class; ``perturbed`` (N, H, W) marks the perturbed pixels, ``perturbed_ctrl``
+    those of the random control (the toward/away baseline: ``near:ctrl`` and ``abs_d_near:ctrl``, the control
+    map's change of mass near its own pixels, beside ``abs_d_near:c``, the adversarial one's w.r.t. C).
+    Spatial tests against the control: ``iou``/``rank`` of ``true`` (x:C vs x̂:C) and ``pred`` (x:C vs x̂:Ĉ)
+    beside ``true_ctrl`` (x:C vs control:C).
     """
     n = sm["x_c"].shape[0]
     out: dict[str, torch.Tensor] = {}
@@ -286,11 +348,18 @@ def image_metrics(sm: dict[str, torch.Tensor], sm_ctrl: torch.Tensor,
         out[f"{prefix}:d_near:pred"] = near["a_d"].share - near["x_c"].share
         out[f"{prefix}:abs_d_near:pred"] = out[f"{prefix}:d_near:pred"].abs()
         out[f"{prefix}:d_near:c"] = near["a_c"].share - near["x_c"].share
+        out[f"{prefix}:abs_d_near:c"] = out[f"{prefix}:d_near:c"].abs()
         out[f"{prefix}:d_near:d"] = near["a_d"].share - near["x_d"].share
+        if perturbed_ctrl is not None:
+            base = cmp.attraction(maps["x_c"], perturbed_ctrl, radius).share
+            out[f"{prefix}:near:ctrl"] = cmp.attraction(ctrl, perturbed_ctrl, radius).share
+            out[f"{prefix}:abs_d_near:ctrl"] = (out[f"{prefix}:near:ctrl"] - base).abs()
+            out[f"{prefix}:excess_near:c"] = out[f"{prefix}:abs_d_near:c"] - out[f"{prefix}:abs_d_near:ctrl"]
 
     for combo in COMBOS:
         out[f"sm:entropy:{combo}"] = cmp.saliency_entropy(sm[combo])
         out[f"sm:spread:{combo}"] = cmp.spatial_spread(sm[combo])
+    out["sm:entropy:ctrl"] = cmp.saliency_entropy(sm_ctrl)
     for kind in ("entropy", "spread"):
         out[f"sm:d_{kind}:pred"] = out[f"sm:{kind}:a_d"] - out[f"sm:{kind}:x_c"]
     shift_metrics("sm", sm, sm_ctrl, spatial=True)
