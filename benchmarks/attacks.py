@@ -2,6 +2,7 @@
 
     cd /work/main && .venv/bin/python benchmarks/attacks.py            # ~10 min on 2 busy cores
     .venv/bin/python benchmarks/attacks.py --n 100 --quick             # smoke run
+    .venv/bin/python benchmarks/attacks.py --only autoattack,cw --rounds 2   # suite II rows, interleaved
 
 For every attack and each peer's equivalent (same hyper-parameters): images/s, success rate, mean L∞/L2/L0
 (L0 = changed pixels), and for the gradient attacks the ratio to the raw cost ``steps × (forward+backward)``
@@ -23,7 +24,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from advsal.attacks import BIM, FGSM, JSMA, PGD, CarliniWagnerL2, DeepFool, PixelAttack, random_targets
+from advsal.attacks import (
+    APGD,
+    BIM,
+    FGSM,
+    JSMA,
+    PGD,
+    AutoAttack,
+    CarliniWagnerL2,
+    DeepFool,
+    PixelAttack,
+    random_targets,
+)
 from advsal.attacks.base import perturbation_norms
 from advsal.data import load_dataset
 from advsal.models import build_model, load_model, save_model
@@ -163,7 +175,15 @@ def main():
     ap.add_argument("--n", type=int, default=500, help="test images for the fast attacks")
     ap.add_argument("--quick", action="store_true", help="fewer images for the slow attacks")
     ap.add_argument("--no-peers", action="store_true")
+    ap.add_argument("--only", default="all",
+                    help="comma-separated sections: gradient, cw, deepfool, jsma, pixel, autoattack (default all)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="interleaved advsal/peer rounds for the autoattack and cw sections (busy machines)")
     args = ap.parse_args()
+    only = set(args.only.split(",")) if args.only != "all" else None
+
+    def want(section: str) -> bool:
+        return only is None or section in only
     set_quiet(True)
     torch.manual_seed(0)
     model = get_model()
@@ -175,26 +195,49 @@ def main():
     x, y = test.x[ok][:args.n].contiguous(), test.y[ok][:args.n].contiguous()
     n = len(x)
     slow = 0.2 if args.quick else 1.0
-    n_cw, n_df, n_jsma, n_pix = (max(4, int(k * slow)) for k in (100, 200, 100, 40))
+    n_cw, n_df, n_jsma, n_pix, n_aa = (max(4, int(k * slow)) for k in (100, 200, 100, 40, 200))
     targets = random_targets(y, 10, seed=0)
     b = Bench(model, x, y)
     for _ in range(2):  # warm-up (thread pools, allocator): the library that runs first is not penalised
         raw_cost(model, x, y, repeats=1)
     peers = not args.no_peers
+    clf = art_classifier(model) if peers else None
+
+    if want("gradient"):
+        gradient_rows(b, model, n, peers, clf if peers else None)
+    if want("autoattack"):
+        autoattack_rows(b, model, n_aa, peers, args.rounds)
+    if want("cw"):
+        cw_rows(b, model, n_cw, peers, clf if peers else None, args.rounds)
+    if want("deepfool"):
+        deepfool_rows(b, model, n_df, peers, clf if peers else None)
+    if want("jsma"):
+        jsma_rows(b, model, n_jsma, peers, clf if peers else None, targets)
+    if want("pixel"):
+        pixel_rows(b, model, n_pix, peers, clf if peers else None)
+    jsma_mb = None
+    if want("jsma"):
+        print("JSMA memory on 3x224x224", flush=True)
+        try:
+            jsma_mb = jsma_memory()
+        except Exception as exc:
+            print(f"  failed: {exc}")
+    table = markdown(b.rows, raw_cost(model, x, y), jsma_mb, n)
+    out = ROOT / "results" / ("attacks.md" if only is None else f"attacks-{'-'.join(sorted(only))}.md")
+    out.parent.mkdir(exist_ok=True)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+    header = (f"# Attack benchmark\n\n`cd /work/main && .venv/bin/python benchmarks/attacks.py "
+              f"{' '.join(sys.argv[1:])}`\n\nmnist-net (3 epochs on mnist5k), {n} correctly classified test "
+              f"images, CPU ({os.cpu_count()} cores, peak RSS {rss} MiB).\n\n")
+    out.write_text(header + table)
+    print(table)
+
+
+def gradient_rows(b, model, n, peers, clf):
     if peers:
         import foolbox as fb
         import torchattacks as ta
-        from art.attacks.evasion import (
-            BasicIterativeMethod,
-            CarliniL2Method,
-            FastGradientMethod,
-            ProjectedGradientDescent,
-            SaliencyMapMethod,
-        )
-        from art.attacks.evasion import DeepFool as ArtDeepFool
-        from art.attacks.evasion import PixelAttack as ArtPixel
-        clf = art_classifier(model)
-
+        from art.attacks.evasion import BasicIterativeMethod, FastGradientMethod, ProjectedGradientDescent
     print("FGSM eps=0.3", flush=True)
     b.run("fgsm", "advsal", n, lambda x, y, t: FGSM(0.3)(model, x, y).x_adv, steps=1)
     if peers:
@@ -225,6 +268,31 @@ def main():
         b.run("pgd-l2", "torchattacks", n,
               lambda x, y, t: ta.PGDL2(model, eps=3.0, alpha=0.375, steps=20)(x, y))
         b.run("pgd-l2", "foolbox", n, fb_run(model, fb.attacks.L2PGD(abs_stepsize=0.375, steps=20), 3.0))
+
+
+def autoattack_rows(b, model, n, peers, rounds):
+    """APGD-CE and the standard AutoAttack, L∞ ε=0.3, vs torchattacks' ports of the reference code."""
+    if peers:
+        import torchattacks as ta
+    print("APGD-CE / AutoAttack standard L-inf eps=0.3", flush=True)
+    for _ in range(rounds):  # interleaved, so machine drift hits both libraries alike
+        b.run("apgd-ce", "advsal", n, lambda x, y, t: APGD(0.3, steps=100, loss="ce")(model, x, y).x_adv,
+              steps=100)
+        if peers:
+            b.run("apgd-ce", "torchattacks", n,
+                  lambda x, y, t: ta.APGD(model, eps=0.3, steps=100, loss="ce", seed=0)(x, y), steps=100)
+        b.run("autoattack", "advsal", n, lambda x, y, t: AutoAttack("linf", 0.3, seed=0)(model, x, y).x_adv)
+        if peers:
+            b.run("autoattack", "torchattacks", n,
+                  lambda x, y, t: ta.AutoAttack(model, norm="Linf", eps=0.3, version="standard", n_classes=10,
+                                                seed=0)(x, y))
+
+
+def cw_rows(b, model, n_cw, peers, clf, rounds):
+    if peers:
+        import foolbox as fb
+        import torchattacks as ta
+        from art.attacks.evasion import CarliniL2Method
     print("C&W L2 c=1 kappa=0 lr=0.1 steps=100 binary search 5", flush=True)
     cw = CarliniWagnerL2(c=1.0, kappa=0.0, steps=100, binary_search_steps=5, lr=0.1)
     b.run("cw", "advsal", n_cw, lambda x, y, t: cw(model, x, y).x_adv)
@@ -236,6 +304,23 @@ def main():
               lambda x, y, t: ta.CW(model, c=1.0, kappa=0, steps=100, lr=0.1)(x, y))
         b.run("cw", "foolbox", n_cw, fb_run(model, fb.attacks.L2CarliniWagnerAttack(
             binary_search_steps=5, steps=100, stepsize=0.1, initial_const=1.0), None))
+    print("C&W L2 at ART's settings: c=1 lr=0.01 steps=100 binary search 5", flush=True)
+    for _ in range(rounds):
+        b.run("cw-lr0.01", "advsal", n_cw, lambda x, y, t: CarliniWagnerL2(
+            c=1.0, steps=100, binary_search_steps=5, lr=0.01)(model, x, y).x_adv)
+        b.run("cw-lr0.01", "advsal-fixed-lr", n_cw, lambda x, y, t: CarliniWagnerL2(
+            c=1.0, steps=100, binary_search_steps=5, lr=0.01, adaptive=False)(model, x, y).x_adv)
+        if peers:
+            b.run("cw-lr0.01", "art", max(2, n_cw // 10), art(CarliniL2Method(
+                clf, learning_rate=0.01, binary_search_steps=5, max_iter=100, initial_const=1.0,
+                batch_size=n_cw, verbose=False)))
+
+
+def deepfool_rows(b, model, n_df, peers, clf):
+    if peers:
+        import foolbox as fb
+        import torchattacks as ta
+        from art.attacks.evasion import DeepFool as ArtDeepFool
     print("DeepFool steps=50 overshoot=0.02 candidates=10", flush=True)
     b.run("deepfool", "advsal", n_df, lambda x, y, t: DeepFool(50, 0.02, 10)(model, x, y).x_adv)
     if peers:
@@ -245,6 +330,11 @@ def main():
                                                        batch_size=n_df, verbose=False)))
         b.run("deepfool", "foolbox", n_df, fb_run(model, fb.attacks.L2DeepFoolAttack(steps=50, candidates=10,
                                                                                      overshoot=0.02), None))
+
+
+def jsma_rows(b, model, n_jsma, peers, clf, targets):
+    if peers:
+        from art.attacks.evasion import SaliencyMapMethod
     print("JSMA theta=1 gamma=0.1, random targets", flush=True)
     b.run("jsma", "advsal", n_jsma, lambda x, y, t: JSMA(1.0, 0.1)(model, x, y, t).x_adv, targets=targets)
     b.run("jsma-target", "advsal", n_jsma,
@@ -252,26 +342,16 @@ def main():
     if peers:
         b.run("jsma", "art", n_jsma, art(SaliencyMapMethod(clf, theta=1.0, gamma=0.1, batch_size=n_jsma,
                                                            verbose=False)), targets=targets)
+
+
+def pixel_rows(b, model, n_pix, peers, clf):
+    if peers:
+        from art.attacks.evasion import PixelAttack as ArtPixel
     print("Pixel attack 3 pixels, population 400, 10 generations", flush=True)
     b.run("pixel", "advsal", n_pix, lambda x, y, t: PixelAttack(3, 400, 10)(model, x, y).x_adv)
     if peers:
         b.run("pixel", "art", max(2, n_pix // 10),
               lambda x, y, t: ArtPixel(clf, th=3, es=1, max_iter=10).generate(x.numpy()))
-    print("JSMA memory on 3x224x224", flush=True)
-    try:
-        jsma_mb = jsma_memory()
-    except Exception as exc:
-        print(f"  failed: {exc}")
-        jsma_mb = None
-    table = markdown(b.rows, raw_cost(model, x, y), jsma_mb, n)
-    out = ROOT / "results" / "attacks.md"
-    out.parent.mkdir(exist_ok=True)
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
-    header = (f"# Attack benchmark\n\n`cd /work/main && .venv/bin/python benchmarks/attacks.py "
-              f"{' '.join(sys.argv[1:])}`\n\nmnist-net (3 epochs on mnist5k), {n} correctly classified test "
-              f"images, CPU ({os.cpu_count()} cores, peak RSS {rss} MiB).\n\n")
-    out.write_text(header + table)
-    print(table)
 
 
 if __name__ == "__main__":

@@ -204,6 +204,19 @@ def test_cw_beats_bim_l2_norm(mnist_model, mnist_batch):
     assert both.sum() >= 5 and cw.l2[both].mean() < bim.l2[both].mean()
 
 
+def test_cw_adaptive_step_size_needs_no_lucky_learning_rate(mnist_model, mnist_batch):
+    # ART's lr=0.01: a fixed Adam step cannot move saturated pixels (w ≈ ±7.3) in 100 steps; per-image step
+    # sizes grow while the loss falls
+    x, y = mnist_batch[0][:8], mnist_batch[1][:8]
+    settings = {"c": 1.0, "steps": 100, "binary_search_steps": 3, "lr": 0.01}
+    fixed = CarliniWagnerL2(adaptive=False, **settings)(mnist_model, x, y)
+    adaptive = CarliniWagnerL2(**settings)(mnist_model, x, y)
+    assert fixed.success_rate() <= 0.5 and adaptive.success_rate() >= 0.9
+    assert (adaptive.l2[adaptive.success] < 5.0).all()
+    with pytest.raises(ValueError, match="growth"):
+        CarliniWagnerL2(growth=0.5)
+
+
 def test_deepfool_success(mnist_model, mnist_batch):
     x, y = mnist_batch[0][:40], mnist_batch[1][:40]
     r = DeepFool()(mnist_model, x, y)
