@@ -80,7 +80,28 @@ def test_default_preset_equals_the_builtin_defaults():
     m = cifar.classifier
     assert m.architecture == "vgg-cifar" and m.optimizer == "rmsprop"
     assert (m.lr, m.lr_decay, m.patience, m.epochs, cifar.removal, cifar.val_fraction) == \
-        (1e-4, 1e-5, 10, 200, 0.8, 0.1)
+        (1e-4, 1e-5, 10, 200, 3500, 0.1)
+    assert len(cifar.seeds) >= 5
+    # the default stops early on a validation split (the thesis' rule, scaled); the thesis preset has it unscaled
+    default = imbalance.Config()
+    assert default.val_fraction > 0 and default.classifier.patience > 0
+    thesis = study_config("imbalance", preset="thesis")
+    assert (thesis.classifier.patience, thesis.classifier.epochs, thesis.val_fraction) == (10, 200, 0.1)
+    assert len(thesis.seeds) >= 5
+
+
+def test_cifar10_preset_keeps_1000_images_of_the_depleted_class():
+    from advsal.data import ImageSet
+    from advsal.studies.imbalance.config import depleted_classes
+    from advsal.studies.imbalance.steps import training_set, validation_split
+
+    cifar = study_config("imbalance", preset="cifar10")
+    y = torch.arange(10).repeat_interleave(5000)  # CIFAR-10's training labels: 5,000 per class
+    full = ImageSet(torch.zeros(len(y), 1, 1, 1), y, [str(c) for c in range(10)], "cifar10-like")
+    train, val = validation_split(full, cifar.val_fraction, 0)
+    assert depleted_classes(cifar, train) == list(range(10))
+    depleted = training_set(train, 3, cifar.removal, seed=0)
+    assert depleted.class_counts()[3] == 1000 and depleted.class_counts()[4] == 4500
 
 
 @pytest.mark.parametrize("bad, field", [
@@ -110,7 +131,11 @@ def test_values_checked_against_the_data_fail_before_any_stage(tmp_path, device,
 
 def test_each_depleted_model_trained_on_the_right_counts(tiny_run):
     _, results = tiny_run
-    full = load_data(tiny_config().data)[0].class_counts()
+    loaded = load_data(tiny_config().data)[0]
+    # the default's early-stopping validation split (10%, stratified) is taken before depletion
+    full = np.array(results["data"]["train_counts"])
+    assert results["data"]["val"] and full.sum() + int(0.1 * len(loaded)) == len(loaded)
+    assert np.all(full <= loaded.class_counts()) and np.all(full >= 0.85 * loaded.class_counts())
     models = results["models"]["0"]
     assert models["balanced"]["train_counts"] == full.tolist()
     for d in (3, 8):

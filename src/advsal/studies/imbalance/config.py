@@ -46,11 +46,13 @@ class MinEpsConfig:
 class Config:
     name: str = "imbalance-mnist5k"
     data: DataConfig = field(default_factory=DataConfig)
-    classifier: ModelConfig = field(default_factory=lambda: ModelConfig(epochs=3))
+    # Seed 002's stopping rule (early stopping on a validation split, best epoch restored), scaled to the 2-core
+    # budget: at most 5 epochs, patience 2 (the thesis: 200 and 10; presets/imbalance-thesis.yaml)
+    classifier: ModelConfig = field(default_factory=lambda: ModelConfig(epochs=5, patience=2))
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # one balanced + one depleted model per class each
     classes: list[int] | None = None  # classes to deplete (all when None)
     removal: int | float = 0.8  # share of the class's training images removed (an int: a count, e.g. 4000)
-    val_fraction: float = 0.0  # stratified validation split for early stopping (taken before depletion)
+    val_fraction: float = 0.1  # stratified validation split for early stopping (taken before depletion)
     attacks: AttackConfig = field(default_factory=AttackConfig)
     min_eps: MinEpsConfig = field(default_factory=MinEpsConfig)
     alpha: float = 0.05  # family-wise error rate (Holm)
