@@ -130,12 +130,13 @@ TINY = {
     "n_images": 4,
     "regularized": {"settings": [[0.01, 0.2], [6.0, 120.0]], "steps": 10, "phase2_steps": 5},
     "meaningful": {"settings": [[0.01, 0.2, 3.0]], "steps": 10, "thresholds": 10, "fine_thresholds": 3},
+    "tuning": {"regularized": [], "meaningful": [[6.0, 120.0, 1.0]]},  # 2 candidates each
     "figure_images": 2,
 }
 OURS = ["regularized-prob-a0.01-b0.2", "regularized-prob-a6-b120", "regularized-logc-a0.01-b0.2",
         "regularized-logc-a6-b120"]
-MP = ["mp-min-l0.01-t0.2-g3", "mp-blur-l0.01-t0.2-g3"]
-SCANS = ["scan-min-l0.01-t0.2-g3", "scan-blur-l0.01-t0.2-g3"]
+MP = [f"mp-{d}-{s}" for d in ("min", "blur") for s in ("l0.01-t0.2-g3", "l6-t120-g1")]
+SCANS = [f"scan-{m[3:]}" for m in MP]
 CONTRAST = ["contrast-prob-a0.01-b0.2", "contrast-prob-a6-b120", "contrast-logc-a0.01-b0.2",
             "contrast-logc-a6-b120"]
 NUMBERS = ("selection", "table1", "contrast", "comparisons", "contrast_comparisons", "per_image", "threshold_scans")
@@ -182,8 +183,8 @@ def test_tiny_run_writes_table_1_report_and_figures(tiny_run):
 
     stored = json.loads((run_dir / "results.json").read_text())
     ids = [r["id"] for r in stored["table1"]]
-    assert ids == ["mp-min-l0.01-t0.2-g3", "mp-blur-l0.01-t0.2-g3", "ours-prob-a0.01-b0.2", "ours-prob-a6-b120",
-                   "ours-logc-a0.01-b0.2", "ours-logc-a6-b120"]  # seed 003 Table 1's order: MP rows, then ours
+    # seed 003 Table 1's order: MP rows, then ours (each: Table 1's settings, then the tuning candidates)
+    assert ids == [m.replace("mp-", "mp-", 1) for m in MP] + [f"ours-{o[12:]}" for o in OURS]
     assert stored["selection"]["n_explained"] == 4
     for row in stored["table1"]:
         assert row["n"] == 4 and 0 <= row["l0"] <= 1 and 0 <= row["classification"] <= 1
@@ -194,7 +195,7 @@ def test_tiny_run_writes_table_1_report_and_figures(tiny_run):
         assert row["threshold"] in explanation.threshold_grid(10, 3)
     assert stored["paper_table1"] == explanation.PAPER_TABLE1
     assert "| MP min | 40 | 120 | 1 | 0.0606 |" in md  # the paper's numbers are in the report
-    # the (0.01, 0.2) rows of both losses meet both MP rows; nothing matches (6, 120) in this config
+    # the (0.01, 0.2) rows of both losses meet both MP rows; the MP (6, 120) rows are tuning candidates only
     pairs = {(c["ours"], c["mp"]) for c in stored["comparisons"]}
     assert pairs == {(o, m) for o in ("ours-prob-a0.01-b0.2", "ours-logc-a0.01-b0.2")
                      for m in ("mp-min-l0.01-t0.2-g3", "mp-blur-l0.01-t0.2-g3")}
@@ -270,6 +271,44 @@ def test_tiny_run_tests_every_image_holm_corrects_and_reports_ape_s_area_and_emp
         assert e["n_saturated"] + e["n_unsaturated"] == 4
     assert "## Empty regularized masks against the clean confidence" in md and "APE_S" in md
     assert "inception-resnet-v2" not in md and "Inception v3" in md
+
+
+def test_tuned_comparison_picks_on_tuning_images_and_tests_on_the_held_out_ones(tiny_run):
+    run_dir, _ = tiny_run
+    stored = json.loads((run_dir / "results.json").read_text())
+    t = stored["tuned"]
+    assert (t["n_tune"], t["n_eval"]) == (2, 2)
+    held = [i for i in range(4) if i not in t["tune_images"]]
+    per = stored["per_image"]
+    picked = {p["id"]: p for p in t["picked"]}
+    assert [p["family"] for p in t["picked"]] == ["ours", "ours", "mp", "mp"]
+    for p in t["picked"]:
+        assert p["candidates"] == 2  # the same budget for both methods
+        if p["family"] == "ours":  # the best of its loss's rows on the tuning images, scored on the others
+            same = [r for r in stored["table1"] if r["family"] == "ours" and r["method"] == p["method"]]
+            tune_means = {r["id"]: np.mean([per[r["id"]]["ape"][i] for i in t["tune_images"]]) for r in same}
+            assert p["row"] == min(tune_means, key=tune_means.get)
+            assert p["ape"] == pytest.approx(np.mean([per[p["row"]]["ape"][i] for i in held]))
+        else:
+            assert p["threshold"] in explanation.threshold_grid(10, 3)
+    assert len(t["comparisons"]) == 4
+    for c in t["comparisons"]:
+        assert picked[c["ours"]]["family"] == "ours" and picked[c["mp"]]["family"] == "mp"
+        assert c["ape"]["n"] == 2 and c["cc_hit_rate"]["n"] == 2
+        assert c["ape"]["a"] == pytest.approx(picked[c["ours"]]["ape"])
+    md = (run_dir / "report.md").read_text()
+    assert "## Regularized vs meaningful perturbation, tuned equally and tested on held-out images" in md
+
+
+def test_unequal_tuning_budgets_are_refused():
+    with pytest.raises(ConfigError, match="tuning.regularized.*same budget"):
+        study_config("explanation", overrides={"tuning": {"regularized": [[2.0, 40.0, 0.05], [1.0, 1.0, 0.1]]}})
+    cfg = study_config("explanation")
+    rows = explanation.regularized_rows(cfg)
+    assert [r["id"] for r in rows if not r["transfer"]] == ["ours-prob-a2-b40-lr0.05", "ours-logc-a2-b40-lr0.05"]
+    assert all(r["lr"] == 0.01 for r in rows if r["transfer"])  # Table 1's settings at regularized.lr
+    off = study_config("explanation", overrides={"tuning": {"fraction": 0.0, "regularized": []}})
+    assert explanation.regularized_rows(off) == explanation.regularized_rows(off, candidates=False)
 
 
 def test_holm_family_rereads_the_verdicts_from_the_corrected_p():

@@ -62,7 +62,8 @@ class MeaningfulExplanation:
 class ThresholdScan:
     """Outcome of :func:`scan_threshold`: the chosen ``threshold`` (one per example; all equal unless
     ``per_example``), the binary explanation ``region`` (N, H, W), the perturbed images ``x_hat``, their APE_D
-    terms ``ape``, and the scanned ``thresholds`` with the set-mean APE_D at each (``mean_ape``)."""
+    terms ``ape``, and the scanned ``thresholds`` with the set-mean APE_D at each (``mean_ape``) and the
+    per-example APE_D at each (``ape_table``, (k, N): for choosing T on some examples and scoring others)."""
 
     threshold: torch.Tensor
     region: torch.Tensor
@@ -70,6 +71,7 @@ class ThresholdScan:
     ape: APEResult
     thresholds: torch.Tensor
     mean_ape: torch.Tensor
+    ape_table: torch.Tensor | None = None
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -201,4 +203,4 @@ def scan_threshold(model: nn.Module, explanation: MeaningfulExplanation,
     region = threshold_region(explanation, chosen)
     x_hat = apply_region(explanation, region)
     return ThresholdScan(chosen, region, x_hat, ape_d(model, explanation.x, x_hat, explanation.target, w),
-                         grid.to(torch.float32), mean_ape)
+                         grid.to(torch.float32), mean_ape, table)

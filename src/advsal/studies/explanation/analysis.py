@@ -15,7 +15,7 @@ from ...explanation import localization_scores
 from ...store import Stage
 from ..stats import finite_pairs, holm, mean_ci, nanmean, paired_test
 from .config import Config
-from .protocol import PAPER_TABLE1, meaningful_rows, regularized_rows
+from .protocol import PAPER_TABLE1, meaningful_rows, regularized_rows, threshold_grid
 from .steps import Explained
 
 CONTRAST_MAPS = (("gradient", "gradient"), ("gradcam", "Grad-CAM"))
@@ -69,6 +69,7 @@ def tabulate(cfg: Config, chosen: Explained, ours: dict[str, Stage], scans: dict
         "comparisons": compare_rows(table, per_image, cfg.alpha),
         "contrast_comparisons": compare_contrast(contrast_rows, per_image, cfg.alpha),
         "emptiness": emptiness(table, per_image, clean),
+        "tuned": tuned(cfg, chosen, table, per_image, scans, masks),
         "figure_rows": [r["id"] for r in table] + [r["id"] for r in contrast_rows],
     }
 
@@ -171,6 +172,8 @@ def compare_rows(rows: list[dict[str, Any]], per_image: dict[str, dict[str, np.n
         for mp in (r for r in rows if r["family"] == "mp"):
             if not (math.isclose(ours["l0_coeff"], mp["l0_coeff"]) and math.isclose(ours["tv_coeff"], mp["tv_coeff"])):
                 continue
+            if not (ours.get("transfer", True) and mp.get("transfer", True)):  # tuning candidates: see tuned()
+                continue
             a, b = per_image[ours["id"]], per_image[mp["id"]]
             out.append({"ours": ours["id"], "mp": mp["id"], "ours_method": ours["method"], "mp_method": mp["method"],
                         "l0_coeff": ours["l0_coeff"], "tv_coeff": ours["tv_coeff"], "tv_gamma": mp["tv_gamma"],
@@ -204,6 +207,69 @@ def compare_contrast(contrast: list[dict[str, Any]], per_image: dict[str, dict[s
                     "cc_hit_rate": paired_comparison(a["cc_hit_all"], b["cc_hit_all"], False, alpha)})
     holm_family([c[m] for c in out for m in ("ape", "cc_hit_rate")], alpha)
     return out
+
+
+def split_images(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The tuning and evaluation image indices: a seeded permutation of 0..n−1 cut at round(fraction·n), with
+    at least one image on each side (both empty when n < 2)."""
+    if n < 2:
+        return np.array([], dtype=int), np.array([], dtype=int)
+    order = np.random.default_rng(seed).permutation(n)
+    k = min(max(1, round(fraction * n)), n - 1)
+    return np.sort(order[:k]), np.sort(order[k:])
+
+
+def tuned(cfg: Config, chosen: Explained, rows: list[dict[str, Any]], per_image: dict[str, dict[str, np.ndarray]],
+          scans: dict[str, Stage], masks: dict[str, Stage]) -> dict[str, Any] | None:
+    """The tuned comparison (``TuningConfig``): per variant (ours per loss, MP per deletion image) the candidate
+    with the best mean APE_D on the tuning images — for MP jointly with its threshold T, scanned on the tuning
+    images only — scored on the held-out images; then every tuned "ours" against every tuned MP, paired over the
+    held-out images (APE_D, CC hit rate with empty = miss; Wilcoxon signed-rank, one Holm family; the mask areas
+    beside). None when off or with fewer than 2 images."""
+    if cfg.tuning.fraction <= 0:
+        return None
+    tune, held = split_images(len(chosen.x), cfg.tuning.fraction, cfg.seed + 1)
+    if not len(held):
+        return None
+    picked: list[dict[str, Any]] = []
+    scores: dict[str, dict[str, np.ndarray]] = {}
+    for loss in dict.fromkeys(r["loss"] for r in rows if r["family"] == "ours"):
+        cands = [r for r in rows if r["family"] == "ours" and r["loss"] == loss]
+        best = min(cands, key=lambda r: float(per_image[r["id"]]["ape"][tune].mean()))
+        vid = f"tuned-{best['id']}"
+        scores[vid] = {k: per_image[best["id"]][k][held] for k in ("ape", "cc_hit_all", "area")}
+        picked.append({"id": vid, "family": "ours", "method": best["method"], "row": best["id"], "threshold": None,
+                       "candidates": len(cands), "tune_ape": float(per_image[best["id"]]["ape"][tune].mean())})
+    for deletion in dict.fromkeys(r["deletion"] for r in rows if r["family"] == "mp"):
+        cands = [r for r in rows if r["family"] == "mp" and r["deletion"] == deletion]
+        options = [(float(scans[r["id"]]["ape_table"][i, tune].double().mean()), j, i)
+                   for j, r in enumerate(cands) for i in range(len(scans[r["id"]]["grid"]))]
+        tune_ape, j, i = min(options)
+        best, scan = cands[j], scans[cands[j]["id"]]
+        region = (1.0 - masks[best["id"]]["mask"][:, 0]) > scan["grid"][i]  # as the scan applied it (float32)
+        grid = threshold_grid(cfg.meaningful.thresholds, cfg.meaningful.fine_thresholds)
+        threshold = min(grid, key=lambda g: abs(g - float(scan["grid"][i])))
+        loc = localization_scores(region, chosen.gt, None, cfg.connectivity)
+        cc = loc.cc_hit_rate.double().numpy()
+        vid = f"tuned-{best['id']}"
+        scores[vid] = {"ape": scan["ape_table"][i].double().numpy()[held],
+                       "cc_hit_all": np.where(np.isfinite(cc), cc, 0.0)[held], "area": loc.area.double().numpy()[held]}
+        picked.append({"id": vid, "family": "mp", "method": best["method"], "row": best["id"],
+                       "threshold": threshold, "candidates": len(cands), "tune_ape": tune_ape})
+    for p in picked:
+        v = scores[p["id"]]
+        p.update(ape=float(v["ape"].mean()), cc_hit_all=float(v["cc_hit_all"].mean()), area=float(v["area"].mean()))
+    comps = []
+    for o in (p for p in picked if p["family"] == "ours"):
+        for m in (p for p in picked if p["family"] == "mp"):
+            a, b = scores[o["id"]], scores[m["id"]]
+            comps.append({"ours": o["id"], "mp": m["id"],
+                          "ape": paired_comparison(a["ape"], b["ape"], True, cfg.alpha),
+                          "cc_hit_rate": paired_comparison(a["cc_hit_all"], b["cc_hit_all"], False, cfg.alpha),
+                          "area": paired_comparison(a["area"], b["area"], True, cfg.alpha)})
+    holm_family([c[m] for c in comps for m in ("ape", "cc_hit_rate")], cfg.alpha)
+    return {"fraction": cfg.tuning.fraction, "n_tune": len(tune), "n_eval": len(held),
+            "tune_images": tune.tolist(), "picked": picked, "comparisons": comps}
 
 
 def emptiness(rows: list[dict[str, Any]], per_image: dict[str, dict[str, np.ndarray]],

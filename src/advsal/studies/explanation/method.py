@@ -73,7 +73,7 @@ def run(cfg: Config, run_dir: str | Path, *, model: nn.Module | None = None,
         # 5. contrast: gradient and Grad-CAM masks of each regularized mask's area, phase 2 inside
         maps = saliency_maps(ctx, chosen, cfg.cam_layer, cfg.batch_size) if cfg.contrast and ours else None
         contrasts = {row["id"]: contrast(ctx, chosen, row, ours[row["id"]], maps, cfg.regularized, cfg.batch_size)
-                     for row in regularized_rows(cfg)} if maps is not None else {}
+                     for row in regularized_rows(cfg, candidates=False)} if maps is not None else {}
 
         # 6. Table 1, localisation and the paired comparisons, beside seed 003's numbers
         ctx.results.update(analysis.tabulate(cfg, chosen, ours, scans, masks, maps, contrasts))

@@ -46,23 +46,31 @@ def _g(v: float) -> str:
     return f"{v:g}"
 
 
-def regularized_rows(cfg: Config) -> list[dict[str, Any]]:
-    """One row per (loss, (α, β)), ``id`` ``ours-<loss>-a<α>-b<β>``."""
+def regularized_rows(cfg: Config, candidates: bool = True) -> list[dict[str, Any]]:
+    """One row per (loss, (α, β)), ``id`` ``ours-<loss>-a<α>-b<β>`` (Table 1's settings at ``regularized.lr``,
+    ``transfer`` True), then — with ``candidates`` and a tuned comparison — one per (loss, tuning (α, β, lr)),
+    ``id`` ``ours-<loss>-a<α>-b<β>-lr<lr>``."""
     rows = []
+    tuned = cfg.tuning.regularized if candidates and cfg.tuning.fraction > 0 else []
     for loss in cfg.regularized.losses:
-        for alpha, beta in cfg.regularized.settings:
-            rows.append({"id": f"ours-{LOSS_TAGS[loss]}-a{_g(alpha)}-b{_g(beta)}", "family": "ours",
-                         "method": "ours" if loss == "probability" else f"ours ({loss})", "loss": loss,
-                         "l0_coeff": float(alpha), "tv_coeff": float(beta), "tv_gamma": None})
+        for alpha, beta, lr, transfer in [(a, b, cfg.regularized.lr, True) for a, b in cfg.regularized.settings] \
+                + [(a, b, lr, False) for a, b, lr in tuned]:
+            rid = f"ours-{LOSS_TAGS[loss]}-a{_g(alpha)}-b{_g(beta)}" + ("" if transfer else f"-lr{_g(lr)}")
+            rows.append({"id": rid,
+                         "family": "ours", "method": "ours" if loss == "probability" else f"ours ({loss})",
+                         "loss": loss, "l0_coeff": float(alpha), "tv_coeff": float(beta), "tv_gamma": None,
+                         "lr": float(lr), "transfer": transfer})
     return rows
 
 
 def meaningful_rows(cfg: Config) -> list[dict[str, Any]]:
     """One row per (deletion, (λ1, λ2, TV β)), ``id`` ``mp-<deletion>-l<λ1>-t<λ2>-g<β>``, deletions outermost
-    as in Table 1."""
+    as in Table 1: Table 1's settings (``transfer`` True), then the tuning candidates."""
+    tuned = cfg.tuning.meaningful if cfg.tuning.fraction > 0 else []
+    settings = [(*s, True) for s in cfg.meaningful.settings] + [(*s, False) for s in tuned]
     return [{"id": f"mp-{d}-l{_g(l1)}-t{_g(tv)}-g{_g(beta)}", "family": "mp", "method": f"MP {d}", "deletion": d,
-             "l0_coeff": float(l1), "tv_coeff": float(tv), "tv_gamma": float(beta)}
-            for d in cfg.meaningful.deletions for l1, tv, beta in cfg.meaningful.settings]
+             "l0_coeff": float(l1), "tv_coeff": float(tv), "tv_gamma": float(beta), "transfer": transfer}
+            for d in cfg.meaningful.deletions for l1, tv, beta, transfer in settings]
 
 
 def mp_tv_coeff(tv_coeff: float, height: int, width: int, mask_scale: int) -> float:

@@ -87,13 +87,14 @@ def regularized(ctx: Context, chosen: Explained, row: dict[str, Any], rc: Regula
                 batch_size: int) -> Stage:
     """Seed 003 §4 for one "ours" row: phase 1 (Eq. 13) → mask S ≥ 0 (Eq. 14) → phase 2 inside it; APE_D of
     both phases."""
+    lr = row.get("lr", rc.lr)
     params = {"loss": row["loss"], "alpha": row["l0_coeff"], "beta": row["tv_coeff"], "gamma": rc.gamma,
-              "eps": rc.eps, "steps": rc.steps, "lr": rc.lr, "phase2_steps": rc.phase2_steps,
-              "phase2_lr": rc.phase2_lr or rc.lr, "batch_size": batch_size}
+              "eps": rc.eps, "steps": rc.steps, "lr": lr, "phase2_steps": rc.phase2_steps,
+              "phase2_lr": rc.phase2_lr or lr, "batch_size": batch_size}
 
     def one(x: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
         r = regularized_explanation(ctx.model, x, target, alpha=params["alpha"], beta=params["beta"],
-                                    gamma=rc.gamma, eps=rc.eps, steps=rc.steps, lr=rc.lr,
+                                    gamma=rc.gamma, eps=rc.eps, steps=rc.steps, lr=lr,
                                     phase2_steps=rc.phase2_steps, phase2_lr=params["phase2_lr"],
                                     classification_loss=row["loss"])
         return {"mask": r.pixel_mask, "x_hat": r.x_adv, "x_phase1": r.x_phase1, "saliency": r.saliency,
@@ -136,9 +137,9 @@ def threshold_scan(ctx: Context, chosen: Explained, row: dict[str, Any], mask: S
         picked = min(grid, key=lambda g: abs(g - float(s.threshold[0])))  # the grid value (the scan uses float32)
         return {"threshold": picked, "mask": s.region.cpu(), "x_hat": s.x_hat.cpu(), "saliency": e.saliency.cpu(),
                 **ape_payload("", s.ape), "grid": s.thresholds.cpu(), "mean_ape": s.mean_ape.cpu(),
-                "seconds": time.perf_counter() - start}
+                "ape_table": s.ape_table.cpu(), "seconds": time.perf_counter() - start}
 
-    return ctx.stage(f"scan-{row['id'][3:]}", compute, params={"grid": grid},
+    return ctx.stage(f"scan-{row['id'][3:]}", compute, params={"grid": grid, "ape_table": True},
                      inputs=[ctx.classifier, chosen.stage, mask])
 
 
