@@ -452,11 +452,15 @@ def conclusions(tests: list[dict[str, Any]], class_names: list[str], accuracy_ro
         down = [r for r in rows if r["significant"] and _f(r["difference"]) < 0]
         text = (f"{head}: depleted − balanced = {fmt(np.nanmean(diffs))}{unit} on average over {len(rows)} "
                 f"depleted class(es) (range {fmt(np.nanmin(diffs))} to {fmt(np.nanmax(diffs))}); ")
+        test = "log-rank" if is_eps else "sign-flip permutation"
         if not up and not down:
-            text += f"no class changed significantly (Holm, α = {alpha:g})."
+            text += f"no class changed significantly at the image level ({test}, Holm, α = {alpha:g})"
         else:
-            text += (f"significant increase (Holm, α = {alpha:g}) for {_name_list(up, class_names)}, "
-                     f"significant decrease for {_name_list(down, class_names)}.")
+            text += (f"image level ({test}, Holm, α = {alpha:g}): significant increase for "
+                     f"{_name_list(up, class_names)}, significant decrease for {_name_list(down, class_names)}")
+        stated = [r for r in rows if r.get("direction", "none") != "none"]
+        text += (f"; a direction (seed level significant too, all seeds agreeing) for "
+                 f"{_name_list(stated, class_names)}.")
         out.append(text)
     return out
 
@@ -570,8 +574,9 @@ def summary(results: dict[str, Any]) -> list[str]:
         lines.append(f"deplete {names[r['class']]:<12} accuracy {r['accuracy']:.4f}  class accuracy "
                      f"{r['class_accuracy']:.3f} (balanced − depleted {r['class_accuracy_delta']:+.3f})")
     n_sig = sum(1 for r in results["tests"] if r["significant"])
-    lines.append(f"{n_sig} of {len(results['tests'])} paired comparisons significant (Holm, "
-                 f"α = {results['config']['alpha']:g}); see report.md")
+    n_dir = sum(1 for r in results["tests"] if r.get("direction", "none") != "none")
+    lines.append(f"{n_sig} of {len(results['tests'])} paired comparisons significant at the image level (Holm, "
+                 f"α = {results['config']['alpha']:g}), {n_dir} with a direction (seed level too); see report.md")
     return lines
 
 
