@@ -1,6 +1,7 @@
 """Report of the class-imbalance study: seed 002 Table 5.2 beside the thesis' numbers, vulnerability per
-class (balanced vs depleted), the paired tests with Holm's correction, confusion matrices, and the written
-conclusion.
+class (balanced vs depleted), the headline verdicts at the seed level, the paired tests (image and seed level,
+Holm's correction; minimal ε as censored data: Kaplan–Meier medians and log-rank), success conditional on the
+clean margin, confusion matrices, and the written conclusion.
 
 Everything is drawn from the stored results (``results.json``); nothing is recomputed.
 """
@@ -335,7 +336,8 @@ def _vulnerability_section(rep: Report, results: dict[str, Any], fig_dir: Path) 
     rep.figure(distributions(samples, fig_dir / "min_eps_distributions.png",
                              "minimal ε of the depleted class's images", "minimal L∞ ε"),
                "Per-example minimal ε (BIM bisection) of each depleted class's images that the model "
-               "classifies correctly, balanced ('bal') vs depleted ('dep') model, pooled over seeds.")
+               "classifies correctly, balanced ('bal') vs depleted ('dep') model, pooled over seeds; images "
+               "never fooled are drawn at ε_max, where they are censored (the true ε is larger).")
 
 
 def _interval(lo: Any, hi: Any, digits: int, scale: float = 1.0) -> str:
