@@ -82,6 +82,7 @@ TINY = {
     "generalisation": {"attacks": ["fgsm"], "eps_factors": [0.5, 1.0], "n_train": 12, "n_test": 8},
     "second_round": {"attack": "bim", "n_images": 4, "steps": 1, "sigmas": [0.5]},
     "layer_images": 8,
+    "security": {"n_images": 3, "linf_eps": [], "l2_eps": [1.0], "steps": 2},
 }
 
 
@@ -135,6 +136,9 @@ def test_end_to_end_report_and_registries(tiny_run):
                                                                           "transfer-from-D′"]
     assert results["cross_attack"]["attacks"] == ["fgsm", "bim", "fixed-fgsm"]
     assert results["layers"]["layers"] == ["features.1", "features.6", "features.8"]
+    curves = results["security"]["detectors"]["image+saliency"]
+    assert len(curves["linf"]["both"]) == 1 and len(curves["l2"]["both"]) == 1 and curves["linf"]["n"] == 3
+    assert curves["linf"]["eps"] == [pytest.approx(results["epsilons"]["bim"]["eps"])]
 
 
 def test_rerun_is_fully_cached_and_identical(tiny_run, device):
@@ -157,7 +161,8 @@ def test_changing_max_accuracy_recomputes_eps_adversarial_sets_and_every_detecto
                 "cross-attack", "adv-fgsm-gen0.5-train", "adv-fgsm-gen0.5-test", "adv-fgsm-gen1-train",
                 "adv-fgsm-gen1-test", "detector-fgsm-gen0.5", "detector-fgsm-gen1", "eps-matrix-fgsm",
                 "detector-bim-half1", "detector-bim-half2", "second-first-round", "second-metzen-sigma0.5",
-                "second-adaptive-surrogate", "second-transfer-from-D'", "layers", "examples"}
+                "second-adaptive-surrogate", "second-transfer-from-D'", "security-image+saliency", "layers",
+                "examples"}
     assert done == budgeted
     # upstream (the classifier) and what does not depend on ε (the fixed-budget attack and its detectors) stay
     cached = {t["stage"] for t in results["timings"] if t["cached"]}
@@ -186,6 +191,7 @@ def test_each_field_recomputes_exactly_its_downstream(tiny_run, device, tmp_path
     ({"max_accuracy": "high"}, "max_accuracy"),
     ({"max_accuracy": 1.5}, "max_accuracy"),
     ({"second_round": {"steps": 0}}, "second_round.steps"),
+    ({"security": {"steps": 0}}, "security.steps"),
     ({"attacks": {"nope": {}}}, "attacks"),
     ({"attacks": {"bim": {"stepz": 3}}}, "attacks.bim"),
     ({"baselines": ["nope"]}, "baselines"),
@@ -254,6 +260,7 @@ baseline_attacks: []
 generalisation: {attacks: [], n_train: 8, n_test: 6}
 second_round: {attack: fgsm, n_images: 3, steps: 1, sigmas: []}
 layer_images: 4
+security: {enabled: false}
 """
 
 

@@ -47,6 +47,85 @@ def _examples_figure(run_dir: Path, path: Path, _nice) -> Path | None:
     return saliency_grid(clean, adv, {"saliency |∂F/∂x|": (s_clean, s_adv)}, titles, path)
 
 
+# ------------------------------------------------------------------------------------------------ security (#15)
+def _first_round(results: dict[str, Any], detector: str, attack: str) -> dict[str, Any]:
+    base = detector.removesuffix("-hardened")
+    row = results["table2"].get(attack) if base == "image+saliency" else results["baselines"].get(base, {}).get(attack)
+    return row or {}
+
+
+def security_headline(results: dict[str, Any]) -> str:
+    """The key security finding in one paragraph (the main detector at ε* under the strongest attack)."""
+    sec = results["security"]
+    curve = sec["detectors"].get("image+saliency", {}).get("linf")
+    if not curve:
+        return "Security: the main detector was not attacked."
+    i = min(range(len(curve["eps"])), key=lambda j: abs(curve["eps"][j] - sec["eps_star"]))
+    first = _first_round(results, "image+saliency", sec["attack"])
+    d_adv = first.get("d_adv")
+    text = (f"**Security finding.** The first round reports D(x_adv) = "
+            f"{'–' if not isinstance(d_adv, (int, float)) else format(d_adv, '.3f')} for "
+            f"{sec['attack']} at ε* = {sec['eps_star']:.3g} — against an attacker who ignores D. Against the "
+            f"library's strongest adaptive attack (an ensemble of Orthogonal / Selective PGD and combined-loss PGD "
+            f"through D's saliency, best point per image), with D's threshold calibrated to "
+            f"{curve['fpr']:.0%} clean FPR and known to the attacker, {curve['both'][i]:.2f} of {curve['n']} "
+            f"correctly classified test images fool F and pass D at ε* (F alone: {curve['fooled_any'][i]:.2f}); "
+            f"robust TPR {curve['robust_tpr'][i]:.2f}, robust accuracy of F guarded by D "
+            f"{curve['robust_accuracy'][i]:.2f}.")
+    hard = sec["detectors"].get("image+saliency-hardened", {}).get("linf")
+    if hard:
+        j = min(range(len(hard["eps"])), key=lambda k: abs(hard["eps"][k] - sec["eps_star"]))
+        text += (f" D hardened by dynamic adversary training: robust TPR {hard['robust_tpr'][j]:.2f}, robust "
+                 f"accuracy {hard['robust_accuracy'][j]:.2f} at ε*.")
+    return text
+
+
+def security_section(rep: Any, results: dict[str, Any], nice, detector_names: dict[str, str], fig_dir: Path) -> None:
+    """Robust-detection curves over ε per detector, beside the first-round numbers (issue #15)."""
+    from .charts import line_plot
+
+    sec = results["security"]
+    rep.heading("Security under adaptive attacks (robust detection over ε)")
+    rep.paragraph(
+        f"Each detector trained on {nice(sec['attack'])} guards F against the strongest attack of the library: "
+        "Orthogonal PGD, Selective PGD and PGD on the combined margin loss (λ ∈ {1, 4}), each with APGD step "
+        "sizes, BPDA through the saliency, and PGD on F alone; per image the first point that fools F and "
+        "passes D at its threshold counts (checked with the exact F and D). The threshold is calibrated to the "
+        "clean FPR on held-out clean test images, and the attacker knows it. 'F fooled' = some attack fooled F; "
+        "'both' = F fooled and D passed; robust TPR = 1 − both / F fooled; robust accuracy = correct or flagged. "
+        f"The main detector gets {sec['steps']} steps × {sec['restarts']} restart(s) per attack; baselines "
+        f"{sec['baseline_steps']} steps on fewer images (the study's time budget) — their numbers are upper "
+        "bounds on robustness. The first-round columns repeat Table II (an attacker ignoring D, threshold 0.5).")
+    rows, series = [], {}
+    for name, curves in sec["detectors"].items():
+        display = detector_names.get(name, name.replace("-hardened", " (hardened)"))
+        first = _first_round(results, name, sec["attack"])
+        for norm, c in curves.items():
+            for k, e in enumerate(c["eps"]):
+                rows.append([display, norm, e, c["n"], c["threshold"], c["fooled_any"][k], c["both"][k],
+                             c["robust_tpr"][k], c["robust_accuracy"][k], first.get("d_adv"),
+                             first.get("tpr_at_fpr")])
+            if norm == "linf":
+                series[display] = ([0.0, *c["eps"]], [1.0, *c["robust_accuracy"]])
+    rep.table(["detector", "norm", "ε", "n", "threshold", "F fooled", "both", "robust TPR", "robust acc.",
+               "first-round D(x_adv)", "first-round TPR@FPR"], rows)
+    hard = sec.get("hardening")
+    if hard:
+        pgd = hard["pgd_trained"]
+        series["PGD-trained F (no detector)"] = (pgd["eps"], pgd["robust_accuracy"])
+        rep.paragraph("Hardened D (dynamic adversary training, Metzen et al. 2017): adaptive attack success on the "
+                      "training images per round before its update: "
+                      + ", ".join(f"round {r['round']} ({r['mode']}) {r['both']:.2f}" for r in hard["rounds"])
+                      + ". PGD-trained F (Madry et al. 2018, no detector), robust accuracy under APGD-CE: "
+                      + ", ".join(f"ε {e:.3g}: {a:.2f}" for e, a in zip(pgd["eps"], pgd["robust_accuracy"],
+                                                                         strict=True))
+                      + ". Tramèr (2022) links robust detection to robust classification; compare the curves.")
+    if series:
+        rep.figure(line_plot(series, fig_dir / "security.png", "robust accuracy of the guarded system (L∞)", "ε",
+                             "correct or flagged"),
+                   "Robust accuracy (correct or flagged) under the strongest adaptive attack vs L∞ ε.")
+
+
 def render_detection_report(run_dir: Path, results: dict[str, Any]) -> tuple[Path, Path]:
     """report.md / report.html of a detection run, from its results only (display names: the attack and
     detector registries, as recorded in the results at run time)."""
@@ -73,6 +152,8 @@ def render_detection_report(run_dir: Path, results: dict[str, Any]) -> tuple[Pat
                   f"(score '{cfg['saliency_score']}', class '{cfg['saliency_target']}'), Adam lr "
                   f"{cfg['detector']['lr']}, {cfg['detector']['epochs']} epochs, trained on {cfg['n_train']} clean "
                   f"training images and their adversarial versions; evaluated on {cfg['n_test']} test images.")
+    if results.get("security"):
+        rep.paragraph(security_headline(results))
 
     rep.heading(f"Attack budgets (minimal ε with F's accuracy below {cfg['max_accuracy']:.0%}, seed 001 §IV-B)")
     rows = []
@@ -174,6 +255,9 @@ def render_detection_report(run_dir: Path, results: dict[str, Any]) -> tuple[Pat
         rows = [[r["attack"], *[r.get("ci", {}).get(k, r[k]) for k in ("f_fooled", "d_says_clean", "both")],
                  r["mean_linf"], r["mean_l2"], r["n"]] for r in second["rows"]]
         rep.table(["attack", "F fooled", "D says clean", "both", "mean L∞", "mean L2", "n"], rows)
+
+    if results.get("security"):
+        security_section(rep, results, _nice, detector_names, fig_dir)
 
     layers = results.get("layers", {})
     if layers and layers.get("by_attack"):

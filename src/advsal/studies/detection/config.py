@@ -72,6 +72,47 @@ class SecondRoundConfig:
 
 
 @dataclass
+class SecurityConfig:
+    """Security of the detectors under the library's strongest adaptive attacks (issue #15): robust-detection
+    curves over ε (``advsal.detection.security.robust_detection``) for D trained on ``attack`` (default: the
+    second round's) and each baseline trained on it, the threshold calibrated to ``fpr`` (clean false-positive
+    rate) on held-out clean test images (the attacker knows it). Budgets: ``linf_factors`` × that attack's
+    minimal ε plus the absolute ``linf_eps``, and ``l2_eps`` (main detector only). Baselines get
+    ``baseline_images`` images and ``baseline_steps`` steps (the time budget). ``harden``: also D hardened by
+    dynamic adversary training (``harden_rounds`` rounds of ``harden_steps`` steps at ``harden_eps``) and a
+    PGD-trained classifier (``adv_train_epochs``), off by default (preset detection-security turns them on)."""
+
+    enabled: bool = True
+    attack: str | None = None  # null: the second round's attack
+    fpr: float = 0.05  # clean false-positive rate the threshold is calibrated to
+    n_images: int = 100
+    linf_factors: list[float] = field(default_factory=lambda: [1.0])
+    linf_eps: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2, 0.3])
+    l2_eps: list[float] = field(default_factory=lambda: [1.0, 2.0])
+    steps: int = 50
+    restarts: int = 1
+    baseline_images: int = 50
+    baseline_steps: int = 20
+    harden: bool = False
+    harden_eps: float = 0.1
+    harden_rounds: int = 3
+    harden_steps: int = 20
+    adv_train_epochs: int = 10
+
+    def validate(self) -> None:
+        require(self.n_images >= 1, "n_images", f"must be ≥ 1, got {self.n_images}")
+        require(self.baseline_images >= 1, "baseline_images", f"must be ≥ 1, got {self.baseline_images}")
+        for name in ("linf_factors", "linf_eps", "l2_eps"):
+            values = getattr(self, name)
+            require(all(isinstance(v, (int, float)) and v >= 0 for v in values), f"{name}",
+                    f"must be a list of budgets ≥ 0, got {values}")
+        for name in ("steps", "restarts", "baseline_steps", "harden_rounds", "harden_steps", "adv_train_epochs"):
+            require(getattr(self, name) >= 1, f"{name}", f"must be ≥ 1, got {getattr(self, name)}")
+        require(self.harden_eps > 0, "harden_eps", f"must be > 0, got {self.harden_eps}")
+        require(0 < self.fpr < 1, "fpr", f"must be in (0, 1), got {self.fpr}")
+
+
+@dataclass
 class Config:
     name: str = "detection-mnist5k"
     data: DataConfig = field(default_factory=DataConfig)
@@ -99,6 +140,7 @@ class Config:
     baseline_attacks: list[str] = field(default_factory=lambda: ["bim", "cw"])
     generalisation: GeneralisationConfig = field(default_factory=GeneralisationConfig)
     second_round: SecondRoundConfig = field(default_factory=SecondRoundConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
     # shallow, middle, deep module names (named_modules()) for the layer analysis and the feature-map baselines
     # (first-layer: the shallow one, metzen: the middle one); null: first, middle and last ReLU of F
     layers: list[str] | None = None
@@ -145,6 +187,8 @@ class Config:
         require(self.second_round.attack in budgeted, "second_round.attack",
                 f"must be an attack in attacks with a budget ε ({', '.join(budgeted)}), got "
                 f"{self.second_round.attack!r}")
+        require(self.security.attack is None or self.security.attack in budgeted, "security.attack",
+                f"must be an attack in attacks with a budget ε ({', '.join(budgeted)}), got {self.security.attack!r}")
         require(self.layers is None or len(self.layers) == 3, "layers",
                 f"must be null or three module names (shallow, middle, deep), got {self.layers}")
         require(self.layer_images >= 1, "layer_images", f"must be ≥ 1, got {self.layer_images}")

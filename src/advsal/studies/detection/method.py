@@ -28,13 +28,18 @@ from . import analysis
 from .config import Config
 from .registry import DETECTOR_SPECS, MAIN_DETECTOR, study_layers
 from .steps import (
+    adversarially_trained,
+    correct_head,
     craft,
     draw,
     examples,
+    hardened_detector,
     layer_analysis,
     score_matrix,
     search_epsilon,
     second_round,
+    security,
+    security_results,
     train_detector,
 )
 
@@ -99,12 +104,30 @@ def method(ctx: Context, cfg: Config, run_dir: Path) -> dict[str, Any]:
     second = second_round(ctx, cfg.second_round, attacks[a], cfg.attacks[a], eps[a], detectors[a], d_prime, d_first,
                           test, adv_test[a])
 
+    # Step 6b (issue #15): security of every detector under the strongest adaptive attacks, robust curves over ε;
+    # optionally D hardened by dynamic adversary training and a PGD-trained F beside it
+    sec, hardening, security_stages = cfg.security, {}, {}
+    if sec.enabled:
+        a = sec.attack or cfg.second_round.attack
+        guarded = {MAIN_DETECTOR: detectors[a], **{kind: per[a] for kind, per in baselines.items() if a in per}}
+        if sec.harden:
+            hard = hardened_detector(ctx, sec, detectors[a], train_for[a], adv_train[a])
+            guarded[f"{MAIN_DETECTOR}-hardened"] = hard
+            hardening = {"detector": hard.stage,
+                         "classifier": adversarially_trained(ctx, sec, eps[a], correct_head(test, adv_test[a],
+                                                                                             sec.n_images))}
+        security_stages = security(ctx, sec, eps[a], guarded, test, adv_test[a], sec.fpr,
+                                   {MAIN_DETECTOR, f"{MAIN_DETECTOR}-hardened"})
+
     # Step 7: layer-wise analysis, and the examples figure's data
     layer_stage = layer_analysis(ctx, layers, test, adv_test, cfg.layer_images)
     examples(ctx, run_dir, test, adv_test, cfg)
 
-    return analysis.results(cfg, test, eps, adv_train, adv_test, detectors, baselines, cross, eps_matrices, second,
+    out = analysis.results(cfg, test, eps, adv_train, adv_test, detectors, baselines, cross, eps_matrices, second,
                             layer_stage)
+    if security_stages:
+        out["security"] = security_results(sec, a, eps[a], security_stages, hardening)
+    return out
 
 
 def render(run_dir: str | Path, results: dict[str, Any]) -> tuple[Path, Path]:

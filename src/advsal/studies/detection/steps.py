@@ -229,6 +229,112 @@ def second_round(ctx: Context, s: Any, spec: AttackSpec, params: dict[str, Any],
     ]
 
 
+# ------------------------------------------------------------------------------------------------ security
+def security(ctx: Context, s: Any, eps: Stage, detectors: dict[str, TrainedDetector], test: Part, adv_test: Stage,
+             fpr: float, main: set[str]) -> dict[str, Stage]:
+    """Issue #15: robust-detection curves (``advsal.detection.security.robust_detection``, the strongest attack
+    ensemble) of each detector in ``detectors`` (name → trained on ``s.attack``) on the first correctly classified
+    test images, the threshold calibrated to ``fpr`` on the other test images. L∞ budgets ``s.linf_factors`` × ε*
+    and ``s.linf_eps``; L2 ``s.l2_eps`` for the ``main`` detectors only; baselines with fewer images and steps.
+    One stage per detector."""
+    from ...detection.security import robust_detection
+
+    correct = (adv_test["pred_clean"] == test.y).nonzero().flatten()
+    rest = torch.ones(len(test), dtype=torch.bool)
+    out = {}
+    for name, trained in detectors.items():
+        is_main = name in main
+        n = s.n_images if is_main else min(s.n_images, s.baseline_images)
+        steps = s.steps if is_main else s.baseline_steps
+        picked = correct[:n]
+        images = part(f"security-images-{n}", test.images.subset(picked))
+        calibration = rest.clone()
+        calibration[picked] = False
+        linf = sorted({*(float(eps["eps"]) * f for f in s.linf_factors), *map(float, s.linf_eps)})
+        l2 = [float(e) for e in s.l2_eps] if is_main else []
+
+        def compute(trained=trained, images=images, calibration=calibration, linf=linf, l2=l2, steps=steps,
+                    name=name):
+            x, y = images.x.to(ctx.device), images.y.to(ctx.device)
+            x_cal = test.x[calibration].to(ctx.device)
+            det = trained.detector
+            curves = {norm: robust_detection(ctx.model, det, x, y, budgets, fpr=fpr, x_calibration=x_cal,
+                                             norm=norm, steps=steps, restarts=s.restarts).to_dict()
+                      for norm, budgets in (("linf", linf), ("l2", l2)) if budgets}
+            return {"detector": name, "curves": curves}
+
+        params = {"linf_factors": list(s.linf_factors), "linf_eps": list(s.linf_eps), "l2": l2, "steps": steps,
+                  "restarts": s.restarts, "fpr": fpr}
+        out[name] = ctx.stage(f"security-{name}", compute, params=params,
+                              inputs=[ctx.classifier, images.node, test.node, eps, trained.stage])
+    return out
+
+
+def hardened_detector(ctx: Context, s: Any, trained: TrainedDetector, train: Part, adv_train: Stage) -> TrainedDetector:
+    """D hardened by dynamic adversary training (``advsal.detection.hardening.harden_detector``, Metzen et al.
+    2017): ``s.harden_rounds`` rounds of adaptive examples at L∞ ``s.harden_eps`` against the current D on the
+    training images, the first-round adversarial set kept in the pool."""
+    from ...detection.hardening import harden_detector
+
+    fit = trained.spec.training(trained.cfg)
+
+    def compute() -> dict[str, Any]:
+        x, y = train.x.to(ctx.device), train.y.to(ctx.device)
+        hard = harden_detector(ctx.model, trained.detector, x, y, eps=s.harden_eps, rounds=s.harden_rounds,
+                               steps=s.harden_steps, x_adv_static=adv_train["x_adv"].to(ctx.device),
+                               epochs=fit.get("epochs", 2), lr=fit.get("lr", 1e-3),
+                               batch_size=fit.get("batch_size", 64))
+        det = hard.detector
+        return {"rounds": hard.rounds, "feature_shape": list(trained.stage["feature_shape"]),
+                **{f"d.{k}": v.cpu() for k, v in det.state_dict().items()}}
+
+    params = {"eps": s.harden_eps, "rounds": s.harden_rounds, "steps": s.harden_steps, "fit": fit}
+    stage = ctx.stage(f"{trained.stage.name}-hardened", compute, params=params,
+                      inputs=[ctx.classifier, train.node, adv_train, trained.stage])
+    return TrainedDetector(stage, trained.spec, ctx, trained.cfg)
+
+
+def adversarially_trained(ctx: Context, s: Any, eps: Stage, images: Part) -> Stage:
+    """F fine-tuned by PGD adversarial training (Madry et al. 2018; ``advsal.training.adversarial_train_classifier``)
+    at L∞ ``s.harden_eps`` for ``s.adv_train_epochs`` epochs on the training data, and its robust accuracy under
+    APGD-CE (L∞, the security section's budgets) on ``images`` — the undefended alternative to a hardened D."""
+    import copy
+
+    from ...attacks import APGD
+    from ...training import adversarial_train_classifier
+
+    def compute() -> dict[str, Any]:
+        model = copy.deepcopy(ctx.model)
+        history = adversarial_train_classifier(model, ctx.train, eps=s.harden_eps, epochs=s.adv_train_epochs,
+                                               seed=0)
+        x, y = images.x.to(ctx.device), images.y.to(ctx.device)
+        budgets = sorted({*(float(eps["eps"]) * f for f in s.linf_factors), *map(float, s.linf_eps)})
+        acc = [float((predict_logits(model, x).argmax(1) == y).float().mean())]
+        for e in budgets:
+            res = APGD(eps=e, steps=s.steps, restarts=s.restarts)(model, x, y)
+            acc.append(float((res.pred == y).float().mean()))
+        return {"eps": [0.0, *budgets], "robust_accuracy": acc, "history": history.epochs,
+                "seconds": history.seconds}
+
+    params = {"eps": s.harden_eps, "epochs": s.adv_train_epochs, "linf_factors": list(s.linf_factors),
+              "linf_eps": list(s.linf_eps), "steps": s.steps, "restarts": s.restarts}
+    return ctx.stage("classifier-pgd-trained", compute, params=params,
+                     inputs=[ctx.classifier, ctx.data, images.node, eps])
+
+
+def security_results(s: Any, attack: str, eps: Stage, stages: dict[str, Stage],
+                     hardening: dict[str, Stage]) -> dict[str, Any]:
+    """The security section's results: per detector its robust-detection curves; the hardening record."""
+    out: dict[str, Any] = {"attack": attack, "eps_star": float(eps["eps"]), "steps": s.steps,
+                           "restarts": s.restarts, "baseline_steps": s.baseline_steps,
+                           "detectors": {name: st["curves"] for name, st in stages.items()}}
+    if hardening:
+        out["hardening"] = {"rounds": hardening["detector"]["rounds"],
+                            "pgd_trained": {k: hardening["classifier"][k] for k in ("eps", "robust_accuracy",
+                                                                                    "seconds")}}
+    return out
+
+
 # ------------------------------------------------------------------------------------------------ Step 8
 def layer_analysis(ctx: Context, layers: list[str], test: Part, adv_tests: dict[str, Stage], n: int) -> Stage:
     """Seed 000 §5: Grad-CAM-weighted feature maps (w.r.t. the true class) at a shallow, a middle and a deep
