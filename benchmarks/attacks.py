@@ -195,7 +195,7 @@ def main():
     x, y = test.x[ok][:args.n].contiguous(), test.y[ok][:args.n].contiguous()
     n = len(x)
     slow = 0.2 if args.quick else 1.0
-    n_cw, n_df, n_jsma, n_pix, n_aa = (max(4, int(k * slow)) for k in (100, 200, 100, 40, 200))
+    n_cw, n_df, n_jsma, n_pix, n_aa = (min(n, max(4, int(k * slow))) for k in (100, 200, 100, 40, 200))
     targets = random_targets(y, 10, seed=0)
     b = Bench(model, x, y)
     for _ in range(2):  # warm-up (thread pools, allocator): the library that runs first is not penalised

@@ -213,6 +213,26 @@ def test_log_complement_loss_keeps_a_gradient_where_the_probability_saturates():
         regularized_explanation(model, x, classification_loss="logit")
 
 
+def test_temperature_rescues_the_probability_gradient_and_the_convergence_rule_stops_early():
+    saturated = SumModel(10.0)  # logit_1 = 160 on a white 4×4 image: float32 p_1 is exactly 1
+    xs = torch.ones(1, 1, 4, 4, requires_grad=True)
+    t = torch.ones(1, dtype=torch.long)
+    term = classification_term(saturated, xs, t, "probability", temperature=100.0)  # z/T = 1.6
+    term.sum().backward()
+    assert term.item() == pytest.approx(torch.sigmoid(torch.tensor(1.6)).item(), rel=1e-5)
+    assert (xs.grad > 0).all()  # Eq. 13's own term now has a gradient
+    with pytest.raises(ValueError, match="temperature"):
+        classification_term(saturated, xs, t, temperature=0.0)
+    x = torch.ones(2, 1, 4, 4)
+    full = regularized_explanation(saturated, x, 1, alpha=1.0, beta=1.0, steps=30, phase2_steps=0)
+    assert full.steps_run == 30 and not full.mask.any()  # no gradient: E never changes
+    early = regularized_explanation(saturated, x, 1, alpha=1.0, beta=1.0, steps=30, phase2_steps=0, patience=3)
+    assert early.steps_run == 4  # the first step sets the best E; three more without improvement stop it
+    moved = regularized_explanation(saturated, x, 1, alpha=0.01, beta=0.0, steps=30, lr=0.05, phase2_steps=0,
+                                    temperature=100.0, patience=3)
+    assert moved.mask.all() and moved.steps_run > 4
+
+
 # --- meaningful perturbation ---
 
 @pytest.mark.parametrize("deletion", ["min", "blur"])

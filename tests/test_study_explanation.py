@@ -320,3 +320,18 @@ def test_holm_family_rereads_the_verdicts_from_the_corrected_p():
     assert all(t["lo"] <= t["diff"] <= t["hi"] for t in tests)
     analysis.holm_family(tests, 0.05)
     assert all(t["p_holm"] > 0.05 and t["verdict"] == "no significant difference" for t in tests)
+
+
+def test_calibrated_probability_loss_and_convergence_rule_in_the_study(tiny_run, tiny_data):
+    run_dir, first = tiny_run
+    change = {"regularized": {"settings": [[0.01, 0.2]], "losses": ["calibrated-probability"], "patience": 2},
+              "meaningful": {"settings": [[0.01, 0.2, 3.0]]}, "tuning": {"fraction": 0.0}, "contrast": False}
+    results = explanation.run(study_config("explanation", overrides={**TINY, **_merge(TINY, change)}), run_dir,
+                              data=tiny_data)
+    recomputed = [t["stage"] for t in results["timings"] if not t["cached"]]
+    assert recomputed == ["calibrate", "regularized-calp-a0.01-b0.2"]  # classifier, selection and MP reused
+    cal = results["calibration"]
+    assert cal["temperature"] > 0 and cal["nll_after"] <= cal["nll_before"] + 1e-9 and cal["n"] == 56
+    (row,) = [r for r in results["table1"] if r["family"] == "ours"]
+    assert row["method"] == "ours (calibrated-probability)" and 2 < row["steps_run"] <= 10
+    assert "Calibrated probability loss: temperature T" in (run_dir / "report.md").read_text()

@@ -29,7 +29,7 @@ from torch import nn
 
 from ..progress import Bar
 from ..tensors import check_images, frozen, model_device, resolve_target
-from .ape import APEResult, Target, _check_weights, ape_d, class_probability, smooth_support, total_variation
+from .ape import APEResult, Target, _check_weights, ape_d, smooth_support, total_variation
 
 
 @dataclass
@@ -49,6 +49,7 @@ class RegularizedExplanation:
     target: torch.Tensor
     ape_phase1: APEResult
     ape: APEResult
+    steps_run: int = -1  # phase-1 iterations actually run (< steps when the convergence rule stopped it)
 
     @property
     def pixel_mask(self) -> torch.Tensor:
@@ -80,19 +81,23 @@ def _check_common(steps: int, lr: float, classification_loss: str = "probability
 
 
 def classification_term(model: nn.Module, x: torch.Tensor, target: torch.Tensor,
-                        classification_loss: str = "probability") -> torch.Tensor:
+                        classification_loss: str = "probability", temperature: float = 1.0) -> torch.Tensor:
     """The classification term per example: ``M(x)_i`` (``"probability"``, Eq. 13) or ``−log(1 − M(x)_i)``
-    (``"log-complement"``, computed stably as logsumexp(all logits) − logsumexp(logits of the other classes))."""
+    (``"log-complement"``, computed stably as logsumexp(all logits) − logsumexp(logits of the other classes)).
+    ``temperature`` T divides the logits first (temperature scaling: M_T = softmax(z/T); 1 = the model as is)."""
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    logits = model(x) / temperature if temperature != 1.0 else model(x)
     if classification_loss == "probability":
-        return class_probability(model, x, target)
-    logits = model(x)
+        return torch.softmax(logits, 1).gather(1, target.view(-1, 1).to(logits.device)).squeeze(1)
     others = logits.scatter(1, target.view(-1, 1).to(logits.device), float("-inf"))
     return torch.logsumexp(logits, 1) - torch.logsumexp(others, 1)
 
 
 def minimize_in_mask(model: nn.Module, x: torch.Tensor, mask: torch.Tensor, target: Target = "predicted",
                      steps: int = 100, lr: float = 0.01, labels: torch.Tensor | None = None,
-                     description: str = "phase 2", classification_loss: str = "probability") -> torch.Tensor:
+                     description: str = "phase 2", classification_loss: str = "probability",
+                     temperature: float = 1.0) -> torch.Tensor:
     """Phase 2 (Eqs. 15–16): from Ĩ = x, minimise ``M(Ĩ)_i`` (or −log(1 − M(Ĩ)_i), see the module docstring)
     with Adam, updates multiplied by ``mask``, clipping Ĩ to [0, 1] after each step. Elements outside ``mask``
     are returned bit-for-bit equal to ``x``.
@@ -110,7 +115,7 @@ def minimize_in_mask(model: nn.Module, x: torch.Tensor, mask: torch.Tensor, targ
     opt = torch.optim.Adam([x_t], lr=lr)
     with frozen(model), Bar(description, steps) as bar:
         for _ in range(steps):
-            term = classification_term(model, x_t, target.to(device), classification_loss)
+            term = classification_term(model, x_t, target.to(device), classification_loss, temperature)
             opt.zero_grad(set_to_none=True)
             term.sum().backward()
             x_t.grad.mul_(weight)
@@ -139,7 +144,8 @@ def regularized_explanation(model: nn.Module, x: torch.Tensor, target: Target = 
                             steps: int = 300, lr: float = 0.01, phase2_steps: int = 100,
                             phase2_lr: float | None = None, labels: torch.Tensor | None = None,
                             ape_weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
-                            classification_loss: str = "probability") -> RegularizedExplanation:
+                            classification_loss: str = "probability", temperature: float = 1.0,
+                            patience: int = 0, tol: float = 1e-4) -> RegularizedExplanation:
     """Explain ``model``'s class ``target`` on ``x`` with the two-phase method of seed 003 §4, batched.
 
     Defaults: γ = 30, ε = 0.01 (the paper's values, §4 and §5.1); α = 0.01, β = 0.2 (Table 1's first "ours"
@@ -150,7 +156,12 @@ def regularized_explanation(model: nn.Module, x: torch.Tensor, target: Target = 
     1 also uses (6, 120) and (40, 120)) leaves a confident model's image untouched unless the image is large.
     Every example is optimised independently (the losses are summed and Adam is element-wise).
     ``classification_loss``: ``"probability"`` (Eq. 13) or ``"log-complement"`` (module docstring), in both
-    phases.
+    phases; ``temperature`` T > 0 divides the logits in that term (a temperature-calibrated model; the APE
+    metrics use the model as is).
+
+    Convergence rule (``patience`` > 0): phase 1 stops once no example has lowered its best E by more than
+    ``tol``·max(1, |best E|) for ``patience`` consecutive steps (``steps`` stays the cap; ``steps_run`` says
+    how many ran). ``patience`` 0 runs exactly ``steps``.
     """
     check_images(x)
     _check_common(steps, lr, classification_loss)
@@ -160,25 +171,36 @@ def regularized_explanation(model: nn.Module, x: torch.Tensor, target: Target = 
     target = resolve_target(model, x, target, labels)
     device = model_device(model)
     x0, tgt = x.detach().to(device), target.to(device)
+    if patience < 0 or tol < 0:
+        raise ValueError(f"patience and tol must be ≥ 0, got {patience} and {tol}")
     x_hat = x0.clone().requires_grad_(True)
     opt = torch.optim.Adam([x_hat], lr=lr)
+    best = torch.full((x0.shape[0],), float("inf"), device=device)
+    stale, steps_run = 0, 0
     with frozen(model), Bar("phase 1", steps) as bar:
         for _ in range(steps):
             s = smooth_support(x0 - x_hat, gamma, eps)
-            term = classification_term(model, x_hat, tgt, classification_loss)
+            term = classification_term(model, x_hat, tgt, classification_loss, temperature)
             loss = term + alpha * s.flatten(1).mean(1) + beta * total_variation(s)
             opt.zero_grad(set_to_none=True)
             loss.sum().backward()
             opt.step()
+            steps_run += 1
             with torch.no_grad():
                 x_hat.clamp_(0.0, 1.0)
+                e = loss.detach()
+                improved = torch.isinf(best) | (e < best - tol * best.abs().clamp(min=1.0))
+                best = torch.minimum(best, e)
+                stale = 0 if bool(improved.any()) else stale + 1
             bar.update(info=f"E {loss.mean().item():.4f}")
+            if patience and stale >= patience:
+                break
     x_hat = x_hat.detach()
     support = smooth_support(x0 - x_hat, gamma, eps)
     mask = support >= 0
     x_adv = minimize_in_mask(model, x0, mask, tgt, phase2_steps, phase2_lr or lr,
-                             classification_loss=classification_loss).to(x.device)
+                             classification_loss=classification_loss, temperature=temperature).to(x.device)
     x_hat = x_hat.to(x.device)
     return RegularizedExplanation(x.detach(), mask.to(x.device), support.to(x.device), x_hat, x_adv, target,
                                   ape_d(model, x, x_hat, target, ape_weights),
-                                  ape_d(model, x, x_adv, target, ape_weights))
+                                  ape_d(model, x, x_adv, target, ape_weights), steps_run)

@@ -39,7 +39,9 @@ def tabulate(cfg: Config, chosen: Explained, ours: dict[str, Stage], scans: dict
         pay = ours[row["id"]]
         per_image[row["id"]] = per_image_scores(pay, pay["mask"], pay["saliency"], gt, conn, clean)
         phase1 = summarize(per_image_scores(pay, pay["mask"], pay["saliency"], gt, conn, clean, "phase1_"))
-        table.append({**row, **summarize(per_image[row["id"]]), "seconds": float(pay["seconds"]), "phase1": phase1})
+        steps_run = float(pay["steps_run"].double().mean()) if "steps_run" in pay else math.nan
+        table.append({**row, **summarize(per_image[row["id"]]), "seconds": float(pay["seconds"]), "phase1": phase1,
+                      "steps_run": steps_run})
 
     contrast_rows: list[dict[str, Any]] = []
     for row in (r for r in regularized_rows(cfg) if r["id"] in contrast):

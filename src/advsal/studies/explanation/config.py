@@ -12,12 +12,18 @@ from ...explanation import CLASSIFICATION_LOSSES, DELETIONS
 from ..config import require
 from ..engine import DataConfig, ModelConfig, check_device
 
+#: the study's classification losses: the library's, plus Eq. 13's probability on the temperature-calibrated model
+STUDY_LOSSES = (*CLASSIFICATION_LOSSES, "calibrated-probability")
+
 
 @dataclass
 class RegularizedConfig:
     """The regularized method (seed 003 §4). ``settings``: (α, β) pairs, Table 1's "ours" rows; γ, ε: §5.1.
     Steps and step sizes are not given in the paper: the library defaults (Adam, lr 0.01 ≈ ε per step,
-    300 + 100 iterations). ``losses``: Eq. 13's ``probability`` and this study's ``log-complement`` option."""
+    300 + 100 iterations). ``losses``: Eq. 13's ``probability``, this study's ``log-complement`` option and
+    ``calibrated-probability`` (Eq. 13 on the model with its logits divided by a temperature fitted on the
+    test images not explained, stage "calibrate"). ``patience`` > 0: phase 1 stops once E has not improved by
+    ``tol`` (relative) for that many steps (``steps`` is then the cap); 0 runs exactly ``steps``."""
 
     settings: list[list[float]] = field(default_factory=lambda: [[0.01, 0.2], [6.0, 120.0], [40.0, 120.0]])
     losses: list[str] = field(default_factory=lambda: ["probability", "log-complement"])
@@ -27,16 +33,19 @@ class RegularizedConfig:
     lr: float = 0.01
     phase2_steps: int = 100
     phase2_lr: float | None = None  # None: lr
+    patience: int = 0
+    tol: float = 1e-4
 
     def validate(self) -> None:
         for s in self.settings:
             require(len(s) == 2 and all(v >= 0 for v in s), "settings",
                     f"entries must be [alpha, beta] with both ≥ 0, got {s}")
         require(not self.settings or bool(self.losses), "losses",
-                f"is empty; use some of {', '.join(CLASSIFICATION_LOSSES)}")
+                f"is empty; use some of {', '.join(STUDY_LOSSES)}")
         for loss in self.losses:
-            require(loss in CLASSIFICATION_LOSSES, "losses",
-                    f"entry {loss!r} is unknown; use {', '.join(CLASSIFICATION_LOSSES)}")
+            require(loss in STUDY_LOSSES, "losses", f"entry {loss!r} is unknown; use {', '.join(STUDY_LOSSES)}")
+        require(self.patience >= 0, "patience", f"must be ≥ 0 (0: exactly `steps`), got {self.patience}")
+        require(self.tol >= 0, "tol", f"must be ≥ 0, got {self.tol}")
         require(len(set(self.losses)) == len(self.losses), "losses", f"has duplicates: {self.losses}")
         require(self.gamma > 0, "gamma", f"must be > 0, got {self.gamma}")
         require(self.eps >= 0, "eps", f"must be ≥ 0, got {self.eps}")

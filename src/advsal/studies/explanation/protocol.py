@@ -10,7 +10,8 @@ import numpy as np
 
 from .config import Config
 
-LOSS_TAGS = {"probability": "prob", "log-complement": "logc"}  # short names for row ids and stage names
+#: short names for row ids and stage names
+LOSS_TAGS = {"probability": "prob", "log-complement": "logc", "calibrated-probability": "calp"}
 
 #: Seed 003 Table 1 (DDSM mammograms, "inception-resnet-v3" features — the seed's name; its reference [12] is
 #: Inception v3 — ~2,000 validation images), copied from the

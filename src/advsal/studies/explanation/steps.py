@@ -3,6 +3,7 @@ with exactly the settings it reads as its parameters and the stages it reads as 
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -83,25 +84,67 @@ def select_images(ctx: Context, positive: int, n_images: int, seed: int) -> Expl
                      test.classes[positive])
 
 
+def calibrate(ctx: Context, chosen: Explained) -> Stage:
+    """Temperature scaling (Guo et al. 2017) for the ``calibrated-probability`` loss: the T > 0 minimising the
+    mean negative log-likelihood of the test labels under softmax(z/T), fitted on the test images *not*
+    explained (a bounded search over log T in [−3, 6]); also the NLL before and after and the explained
+    images' mean calibrated probability."""
+    from scipy.optimize import minimize_scalar
+
+    def compute() -> dict[str, Any]:
+        test = ctx.test
+        rest = torch.ones(len(test), dtype=torch.bool)
+        rest[chosen.stage["images"]] = False
+        if not rest.any():
+            raise AdvsalError("temperature calibration needs test images that are not explained; lower n_images "
+                              "or drop 'calibrated-probability' from regularized.losses")
+        logits, labels = predict_logits(ctx.model, test.x[rest]).double().cpu(), test.y[rest]
+
+        def nll(log_t: float) -> float:
+            return float(torch.nn.functional.cross_entropy(logits / math.exp(log_t), labels))
+
+        fit = minimize_scalar(nll, bounds=(-3.0, 6.0), method="bounded")
+        t = float(math.exp(fit.x))
+        z = predict_logits(ctx.model, chosen.x).double().cpu() / t
+        return {"temperature": t, "nll_before": nll(0.0), "nll_after": nll(float(fit.x)), "n": int(rest.sum()),
+                "calibrated_probability": torch.softmax(z, 1)[torch.arange(len(z)), chosen.target]}
+
+    return ctx.stage("calibrate", compute, params={"method": "temperature-nll"},
+                     inputs=[ctx.data, ctx.classifier, chosen.stage])
+
+
 def regularized(ctx: Context, chosen: Explained, row: dict[str, Any], rc: RegularizedConfig,
-                batch_size: int) -> Stage:
+                batch_size: int, calibration: Stage | None = None) -> Stage:
     """Seed 003 §4 for one "ours" row: phase 1 (Eq. 13) → mask S ≥ 0 (Eq. 14) → phase 2 inside it; APE_D of
-    both phases."""
+    both phases (always with the model as is). The ``calibrated-probability`` loss is Eq. 13's probability on
+    the model with its logits divided by the ``calibration`` stage's temperature."""
     lr = row.get("lr", rc.lr)
     params = {"loss": row["loss"], "alpha": row["l0_coeff"], "beta": row["tv_coeff"], "gamma": rc.gamma,
               "eps": rc.eps, "steps": rc.steps, "lr": lr, "phase2_steps": rc.phase2_steps,
               "phase2_lr": rc.phase2_lr or lr, "batch_size": batch_size}
+    if rc.patience:  # only then, so that the stored stages of fixed-step runs stay valid
+        params.update(patience=rc.patience, tol=rc.tol)
+    inputs = [ctx.classifier, chosen.stage]
+    temperature = 1.0
+    if row["loss"] == "calibrated-probability":
+        if calibration is None:
+            raise AdvsalError("the calibrated-probability loss needs the calibrate stage")
+        temperature = float(calibration["temperature"])
+        inputs.append(calibration)
+    loss = "probability" if row["loss"] == "calibrated-probability" else row["loss"]
 
     def one(x: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
         r = regularized_explanation(ctx.model, x, target, alpha=params["alpha"], beta=params["beta"],
                                     gamma=rc.gamma, eps=rc.eps, steps=rc.steps, lr=lr,
                                     phase2_steps=rc.phase2_steps, phase2_lr=params["phase2_lr"],
-                                    classification_loss=row["loss"])
+                                    classification_loss=loss, temperature=temperature,
+                                    patience=rc.patience, tol=rc.tol)
         return {"mask": r.pixel_mask, "x_hat": r.x_adv, "x_phase1": r.x_phase1, "saliency": r.saliency,
+                "steps_run": torch.full((len(x),), r.steps_run, dtype=torch.int64),
                 **ape_payload("", r.ape), **ape_payload("phase1_", r.ape_phase1)}
 
     return ctx.stage(f"regularized-{row['id'][5:]}", lambda: _batched(ctx, chosen, one, batch_size),
-                     params=params, inputs=[ctx.classifier, chosen.stage])
+                     params=params, inputs=inputs)
 
 
 def meaningful(ctx: Context, chosen: Explained, row: dict[str, Any], mc: MeaningfulConfig,
@@ -155,11 +198,14 @@ def saliency_maps(ctx: Context, chosen: Explained, cam_layer: str | None, batch_
 
 
 def contrast(ctx: Context, chosen: Explained, row: dict[str, Any], ours: Stage, maps: Stage,
-             rc: RegularizedConfig, batch_size: int) -> Stage:
+             rc: RegularizedConfig, batch_size: int, calibration: Stage | None = None) -> Stage:
     """Gradient and Grad-CAM cut to the per-image area of one regularized row's mask, then that row's phase 2
     inside: same area, same perturbation procedure, only *where* the mask lies differs."""
     params = {"loss": row["loss"], "phase2_steps": rc.phase2_steps, "phase2_lr": rc.phase2_lr or rc.lr,
               "batch_size": batch_size}
+    calibrated = row["loss"] == "calibrated-probability" and calibration is not None
+    temperature = float(calibration["temperature"]) if calibrated else 1.0
+    loss = "probability" if row["loss"] == "calibrated-probability" else row["loss"]
 
     def compute() -> dict[str, Any]:
         start = time.perf_counter()
@@ -172,7 +218,7 @@ def contrast(ctx: Context, chosen: Explained, row: dict[str, Any], ours: Stage, 
                     name: str = name) -> dict[str, torch.Tensor]:
                 x_hat = minimize_in_mask(ctx.model, x, mask[sl].to(x.device), target, steps=rc.phase2_steps,
                                          lr=params["phase2_lr"], description=f"phase 2 in {name} mask",
-                                         classification_loss=row["loss"])
+                                         classification_loss=loss, temperature=temperature)
                 return {"x_hat": x_hat, **ape_payload("", ape_d(ctx.model, x, x_hat, target))}
 
             part = _batched(ctx, chosen, one, batch_size, with_slice=True)
@@ -180,7 +226,7 @@ def contrast(ctx: Context, chosen: Explained, row: dict[str, Any], ours: Stage, 
         return {**out, "seconds": time.perf_counter() - start}
 
     return ctx.stage(f"contrast-{row['id'][5:]}", compute, params=params,
-                     inputs=[ctx.classifier, chosen.stage, ours, maps])
+                     inputs=[ctx.classifier, chosen.stage, ours, maps, *([calibration] if calibrated else [])])
 
 
 def finish(ctx: Context, run_dir: str | Path, figure: dict[str, torch.Tensor],
