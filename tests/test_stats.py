@@ -235,3 +235,15 @@ def test_paired_and_spearman_intervals():
     assert si["estimate"] == pytest.approx(rho)
     assert (si["lo"], si["hi"]) == pytest.approx((math.tanh(math.atanh(rho) - half), math.tanh(math.atanh(rho) + half)))
     assert math.isnan(stats.spearman_interval(a[:3], c[:3])["lo"])
+
+
+def test_rate_test_is_scipys_binomial_test():
+    v = np.array([1, 1, 1, 0, 1, 1, 1, 1, np.nan, 0, 1, 1], dtype=float)
+    res = stats.rate_test(v, 0.5)
+    ref = sp.binomtest(9, 11, 0.5)
+    assert res["n"] == 11 and res["estimate"] == pytest.approx(9 / 11) and res["p"] == pytest.approx(ref.pvalue)
+    assert (res["lo"], res["hi"]) == pytest.approx(tuple(ref.proportion_ci(0.95)))
+    assert res["effect"] == pytest.approx(2 * (9 / 11 - 0.5))
+    assert stats.rate_test(np.array([np.nan]))["n"] == 0
+    with pytest.raises(ValueError, match="0/1"):
+        stats.rate_test(np.array([0.5, 1.0]))

@@ -74,8 +74,9 @@ def planted_metrics(n: int = 60) -> dict[str, dict[str, np.ndarray]]:
         {t.b for c in attention.claims(LAYERS, 0.5) for t in c.tests}
     names |= set(attention.comparison_metrics(LAYERS))
     names.discard("")
-    metrics = {g: {m: rng.normal(size=n) for m in names} for g in ("pgd", "pgd-early", "pixel")}
+    metrics = {g: {m: rng.normal(size=n) for m in sorted(names)} for g in ("pgd", "pgd-early", "pixel")}
     pgd, pixel = metrics["pgd"], metrics["pixel"]
+    pixel["cam:features.5:opposite"] = (rng.uniform(size=n) < 0.9).astype(float)  # 0/1: mostly opposite
     # pgd-diffuses: entropy and spread both higher on x̂ → supported
     pgd["sm:entropy:a_d"] = pgd["sm:entropy:x_c"] + 1.0
     pgd["sm:spread:a_d"] = pgd["sm:spread:x_c"] + 0.5
@@ -115,6 +116,8 @@ def test_claim_verdicts_on_planted_data():
     assert [t["outcome"] for t in rows["pixel-attracts-saliency"]["tests"]] == ["confirmed", "inconclusive",
                                                                                  "confirmed"]
     assert rows["pixel-attracts-saliency"]["verdict"] == "mixed"
+    within = rows["complementary-features"]["tests"][0]
+    assert within["kind"] == "rate" and within["estimate"] > 0.75 and within["outcome"] == "confirmed"
     for row in rows.values():  # every test names its baseline and (with enough images) its interval
         for t in row["tests"]:
             assert t["baseline"], t["label"]

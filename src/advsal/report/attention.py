@@ -77,7 +77,8 @@ def _layer_panel(maps: dict[str, np.ndarray], layers: list[str], path: Path) -> 
 #: The statistical test behind each kind of claim test, as the report names it.
 TEST_NAMES = {"paired": "Wilcoxon signed-rank (paired)", "matched": "Wilcoxon signed-rank, images both broke",
               "equivalence": "TOST equivalence (paired t)", "correlation": "Spearman ρ",
-              "threshold": "bootstrap median", "count": "share of compared metrics"}
+              "threshold": "bootstrap median", "count": "share of compared metrics",
+              "rate": "exact binomial test"}
 
 
 def _interval(test: dict[str, Any]) -> str:
@@ -98,6 +99,8 @@ def _evidence(test: dict[str, Any]) -> str:
         text = f"mean Δ {est:+.3f} {_interval(test)} within ±{_num(test.get('margin')):g}?, n={n}"
     elif kind == "correlation":
         text = f"Spearman ρ {eff:+.2f} {_interval(test)}, n={n}"
+    elif kind == "rate":
+        text = f"share {est:.2f} {_interval(test)} (Clopper-Pearson), n={n}"
     elif kind == "threshold":
         text = f"median {est:.3f} [{_num(test.get('lo')):.3f}, {_num(test.get('hi')):.3f}], n={n}"
     else:

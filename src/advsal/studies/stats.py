@@ -354,3 +354,22 @@ def spearman_interval(a: np.ndarray, b: np.ndarray, level: float = 0.95) -> dict
         1.06 / (len(a) - 3))
     out.update(estimate=rho, lo=math.tanh(z - half), hi=math.tanh(z + half))
     return out
+
+
+def rate_test(outcomes: np.ndarray, p0: float = 0.5) -> dict[str, Any]:
+    """Exact two-sided binomial test (``scipy.stats.binomtest``) of the rate of 1s among the finite 0/1
+    ``outcomes`` against ``p0``: ``n``, ``estimate`` (the rate), ``lo``/``hi`` (Clopper-Pearson 95%), ``p`` and
+    ``effect`` = 2·(rate − p0) (so ±1 at the extremes for p0 = 0.5)."""
+    v = np.asarray(outcomes, dtype=float)
+    v = v[np.isfinite(v)]
+    if not np.isin(v, (0.0, 1.0)).all():
+        raise ValueError("rate_test takes 0/1 outcomes (NaN for none), got other values")
+    out = {"n": len(v), "estimate": math.nan, "lo": math.nan, "hi": math.nan, "p": math.nan, "effect": math.nan}
+    if not len(v):
+        return out
+    k = int(v.sum())
+    res = stats.binomtest(k, len(v), p0)
+    ci = res.proportion_ci(0.95)
+    out.update(estimate=k / len(v), lo=float(ci.low), hi=float(ci.high), p=float(res.pvalue),
+               effect=2 * (k / len(v) - p0))
+    return out

@@ -36,6 +36,7 @@ from ..stats import (
     median_bootstrap,
     paired_interval,
     paired_test,
+    rate_test,
     spearman_interval,
 )
 from .config import Config
@@ -98,6 +99,19 @@ def claims(layers: list[str], destroy_ratio: float) -> list[Claim]:
                        "sm:spread:x_c", baseline=clean),
                   Test("SM entropy: x̂ w.r.t. Ĉ > random control w.r.t. C", "paired", "pgd", "sm:entropy:a_d",
                        "sm:entropy:ctrl", baseline=CONTROL))),
+        Claim("pgd-diffuses-around-roi", "The PGD diffusion spreads the saliency around the region of "
+              "interest.", "§4.1, Fig. 2", (
+                  Test("SM mass in the ring around x:C's top region: x̂:Ĉ > x:C", "paired", "pgd", "sm:ring:a_d",
+                       "sm:ring:x_c", baseline=clean),
+                  Test("SM mass in the ring around x:C's top region: x̂:Ĉ > random control:C", "paired", "pgd",
+                       "sm:ring:a_d", "sm:ring:ctrl", baseline=CONTROL))),
+        Claim("pgd-distortion-dominates", "Under PGD the distorted saliency dominates the attention w.r.t. the "
+              "correct class too (on x̂ the maps of C and Ĉ become alike).", "§4.1, Figs. 3–4", (
+                  Test("SM rank corr.(C map, Ĉ map): on x̂ > on x", "paired", "pgd", "sm:rank:cross_adv",
+                       "sm:rank:cross_clean", baseline="the same pair of classes on the clean image"),
+                  Test(f"AM {last} top-k IoU(C map, Ĉ map): on x̂ > on x", "paired", "pgd",
+                       f"{cam}:iou:cross_adv", f"{cam}:iou:cross_clean",
+                       baseline="the same pair of classes on the clean image"))),
         Claim("pgd-diffuses-both-classes",
               "The PGD diffusion occurs for both the true and the adversarial class.",
               "§4.1, Figs. 3–4", (
@@ -166,6 +180,9 @@ def claims(layers: list[str], destroy_ratio: float) -> list[Claim]:
                        f"{cam}:iou:true", f"{cam}:iou:true_ctrl", baseline=CONTROL))),
         Claim("complementary-features", "When one class's activation map retracts from a perturbed pixel, "
               "another class's map focuses on it (complementary features).", "§4.2", (
+                  Test(f"share of images whose AM {last} near-mass w.r.t. C and w.r.t. Ĉ move in opposite "
+                       "directions > 1/2 (within image)", "rate", "pixel", f"{cam}:opposite", threshold=0.5,
+                       baseline="1/2 (independent directions)"),
                   Test(f"Spearman ρ(Δ AM {last} near-mass w.r.t. C, w.r.t. Ĉ) < 0 (between images)",
                        "correlation", "pixel", f"{cam}:d_near:c", f"{cam}:d_near:d", -1, baseline="ρ = 0"),)),
         Claim("attacks-differ", "PGD and Pixel Attack change saliency and activation maps differently.",
@@ -181,6 +198,13 @@ def claims(layers: list[str], destroy_ratio: float) -> list[Claim]:
     ]
     if inner:
         out += [
+            Claim("diversion-intensifies", "The attention diversion propagates through the network and "
+                  "intensifies (the true class's map is distorted more, beyond the random control, in the last "
+                  "layer than in the first).", "§4.2; conclusions", tuple(
+                      Test(f"{_nice_group(g)}: AM excess distortion w.r.t. C (control IoU − adversarial IoU): "
+                           f"{last} > {inner[0]}", "paired", g, f"{cam}:distortion:true",
+                           f"cam:{inner[0]}:distortion:true", baseline=f"the same images' {inner[0]} layer")
+                      for g in ("pgd", "pixel"))),
             Claim("pgd-inner-lose-true", "PGD makes intermediate layers lose attention for the correct "
                   "class.", "abstract; conclusions", tuple(
                       Test(f"AM {lay} energy w.r.t. C: x̂ < x", "paired", "pgd",
@@ -201,6 +225,10 @@ def claims(layers: list[str], destroy_ratio: float) -> list[Claim]:
                       for lay in inner)),
         ]
     return out
+
+
+def _nice_group(group: str) -> str:
+    return {"pgd": "PGD", "pgd-early": "PGD (early-stopped)", "pixel": "Pixel"}.get(group, group)
 
 
 def comparison_metrics(layers: list[str]) -> dict[str, str]:
@@ -308,6 +336,8 @@ def evaluate_claims(metrics: dict[str, dict[str, np.ndarray]], cfg: Config, laye
                 res = (correlation_test(g[t.a], g[t.b]) | {k: v for k, v in spearman_interval(g[t.a], g[t.b])
                                                             .items() if k in ("lo", "hi")}
                        if t.a in g and t.b in g else missing)
+            elif t.kind == "rate":
+                res = rate_test(g[t.a], t.threshold) if t.a in g else missing
             elif t.kind == "threshold":
                 res = median_bootstrap(g[t.a], cfg.bootstrap, cfg.seed) if t.a in g else dict(missing)
             elif t.kind == "count":
@@ -358,7 +388,7 @@ def evaluate_claims(metrics: dict[str, dict[str, np.ndarray]], cfg: Config, laye
     return rows
 
 
-P_KINDS = ("paired", "equivalence", "matched", "correlation")
+P_KINDS = ("paired", "equivalence", "matched", "correlation", "rate")
 
 
 def compare_attacks(metrics: dict[str, dict[str, np.ndarray]], cfg: Config, layers: list[str],

@@ -25,7 +25,8 @@ from .config import Config
 #: The four map combinations of seed 004: (image, class) with x = original, a = adversarial, c = true class C,
 #: d = adversarial class Ĉ. Predicted class: C on x, Ĉ on x̂ (Figs. 2 and 5).
 COMBOS = {"x_c": ("x", "c"), "x_d": ("x", "d"), "a_c": ("a", "c"), "a_d": ("a", "d")}
-PAIRS = {"pred": ("x_c", "a_d"), "true": ("x_c", "a_c"), "adv": ("x_d", "a_d"), "cross_clean": ("x_c", "x_d")}
+PAIRS = {"pred": ("x_c", "a_d"), "true": ("x_c", "a_c"), "adv": ("x_d", "a_d"), "cross_clean": ("x_c", "x_d"),
+         "cross_adv": ("a_c", "a_d")}
 
 
 # ------------------------------------------------------------------------------------------------ layers
@@ -360,6 +361,10 @@ def image_metrics(sm: dict[str, torch.Tensor], sm_ctrl: torch.Tensor,
         out[f"sm:entropy:{combo}"] = cmp.saliency_entropy(sm[combo])
         out[f"sm:spread:{combo}"] = cmp.spatial_spread(sm[combo])
     out["sm:entropy:ctrl"] = cmp.saliency_entropy(sm_ctrl)
+    # diffusion "around the region of interest": mass in the ring of width ``radius`` around x:C's top region
+    ring = _ring(sm["x_c"], top_fraction, radius)
+    for combo, maps_ in {"x_c": sm["x_c"], "a_d": sm["a_d"], "a_c": sm["a_c"], "ctrl": sm_ctrl}.items():
+        out[f"sm:ring:{combo}"] = cmp.attraction(maps_, ring, 0).share
     for kind in ("entropy", "spread"):
         out[f"sm:d_{kind}:pred"] = out[f"sm:{kind}:a_d"] - out[f"sm:{kind}:x_c"]
     shift_metrics("sm", sm, sm_ctrl, spatial=True)
@@ -376,7 +381,22 @@ def image_metrics(sm: dict[str, torch.Tensor], sm_ctrl: torch.Tensor,
         out[f"cam:{lay}:retained:ctrl_c"] = _ratio(out[f"cam:{lay}:energy:ctrl_c"], energy["x_c"])
         out[f"cam:{lay}:peak:true"] = cmp.peak_displacement(up["x_c"], up["a_c"])
         out[f"cam:{lay}:peak:pred"] = cmp.peak_displacement(up["x_c"], up["a_d"])
+        # distortion of the true class's map beyond the random control's (per layer: does it intensify?)
+        out[f"cam:{lay}:distortion:true"] = out[f"cam:{lay}:iou:true_ctrl"] - out[f"cam:{lay}:iou:true"]
+    # within-image retract/focus: the C and Ĉ maps' mass near the perturbed pixels move in opposite directions
+    d_c, d_d = out[f"cam:{layers[-1]}:d_near:c"], out[f"cam:{layers[-1]}:d_near:d"]
+    opposite = (torch.sign(d_c) * torch.sign(d_d) < 0).float()
+    opposite[(d_c == 0) | (d_d == 0) | d_c.isnan() | d_d.isnan()] = float("nan")
+    out[f"cam:{layers[-1]}:opposite"] = opposite
     return {k: v.float() for k, v in out.items()}
+
+
+def _ring(maps: torch.Tensor, fraction: float, radius: float) -> torch.Tensor:
+    """(N, H, W) bool: pixels within ``radius`` of each map's top-``fraction`` region but outside it."""
+    flat = maps.abs().flatten(1)
+    k = max(1, int(round(fraction * flat.shape[1])))
+    top = torch.zeros_like(flat, dtype=torch.bool).scatter_(1, flat.topk(k, dim=1).indices, True).view_as(maps)
+    return cmp.dilate(top, max(radius, 1.0)) & ~top
 
 
 def _ratio(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
