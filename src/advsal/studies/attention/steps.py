@@ -249,7 +249,7 @@ def map_metrics(ctx: Context, images: Stage, adv: Stage, maps: Stage, name: str,
 
     params = {"top_fraction": top_fraction, "radius": radius} | ({"top_pixels": top_pixels, "seed": seed}
                                                                  if linf else {})
-    return ctx.stage(f"metrics-{name}", compute, params=params, inputs=[images, adv, maps], version=2)
+    return ctx.stage(f"metrics-{name}", compute, params=params, inputs=[images, adv, maps], version=3)
 
 
 def store_figure_maps(run_dir: Any, maps: dict[str, Stage], adv: dict[str, Stage], images: Stage, test: ImageSet,
