@@ -322,6 +322,21 @@ def test_cluttered_masks_cover_exactly_the_finding_digit_and_labels_match():
     assert torch.equal(thr.masks, thr.x[:, 0] == 0.6)
 
 
+@pytest.mark.parametrize("background", ["noise", "texture"])
+def test_cluttered_background_fills_only_the_off_digit_pixels_and_keeps_the_masks(background):
+    black = make_cluttered_mnist(_square_source(), 12, canvas=40, seed=3)
+    other = make_cluttered_mnist(_square_source(), 12, canvas=40, seed=3, background=background,
+                                 background_level=0.2)
+    assert torch.equal(black.masks, other.masks) and torch.equal(black.y, other.y)
+    ink = black.x > 0
+    assert torch.equal(other.x[ink], black.x[ink])  # the digits are untouched
+    bg = other.x[~ink]
+    assert bg.max() <= 0.2 and bg.std() > 0.01 and (bg > 0).float().mean() > 0.99  # deleting it is not free
+    assert other.meta["background"] == background
+    with pytest.raises(DataError, match="background"):
+        make_cluttered_mnist(_square_source(), 2, canvas=40, background="grey")
+
+
 def test_cluttered_mnist_from_real_digits(mnist5k):
     _, test = mnist5k
     data = make_cluttered_mnist(test, 40, finding_class=3, seed=0)

@@ -335,3 +335,10 @@ def test_calibrated_probability_loss_and_convergence_rule_in_the_study(tiny_run,
     (row,) = [r for r in results["table1"] if r["family"] == "ours"]
     assert row["method"] == "ours (calibrated-probability)" and 2 < row["steps_run"] <= 10
     assert "Calibrated probability loss: temperature T" in (run_dir / "report.md").read_text()
+
+
+def test_noise_preset_changes_only_the_canvas_background():
+    cfg = study_config("explanation", preset="noise")
+    assert cfg.data.options == {"background": "noise", "background_level": 0.3}
+    default = explanation.Config()
+    assert dataclasses.replace(cfg, name=default.name, data=default.data) == default

@@ -83,7 +83,8 @@ def _place(rng: np.random.Generator, sizes: list[tuple[int, int]], canvas: int, 
 def make_cluttered_mnist(source: ImageSet, n: int, canvas: int = 64,
                          digits_per_image: tuple[int, int] = (2, 4), finding_class: int = 0,
                          positive_fraction: float = 0.5, mask_threshold: float = 0.0, gap: int = 2,
-                         seed: int | Sequence[int] = 0, name: str | None = None) -> LocalizationSet:
+                         seed: int | Sequence[int] = 0, name: str | None = None, background: str = "black",
+                         background_level: float = 0.3) -> LocalizationSet:
     """``n`` canvas×canvas images, each holding k ∈ ``digits_per_image`` (inclusive) digits of ``source``
     cropped to their ink and pasted at random positions at least ``gap`` pixels apart (so they never overlap
     or touch).
@@ -93,7 +94,18 @@ def make_cluttered_mnist(source: ImageSet, n: int, canvas: int = 64,
     (default: every pixel it inks). Negative canvases (label 0) hold no digit of that class and an empty
     mask. Source digits are drawn with replacement within ``source`` only — build train canvases from a train
     split and test canvases from a test split so that no digit appears in both.
+
+    ``background``: ``"black"`` (0 everywhere off the digits, the default), ``"noise"`` (i.i.d. uniform values
+    in [0, ``background_level``] per pixel) or ``"texture"`` (that noise blurred with σ = 2 px and rescaled to
+    [0, ``background_level``] per image: smooth blobs). Digit ink (values > 0) replaces the background; the
+    masks are unchanged. With a non-constant background, deleting background is no longer free: a 'min' or
+    'blur' deletion image differs from the canvas there, so L0 counts what a deletion mask covers. The
+    background draws come from their own seeded stream, so ``"black"`` canvases are the same as before.
     """
+    if background not in BACKGROUNDS:
+        raise DataError(f"background {background!r} is unknown; use one of {', '.join(BACKGROUNDS)}")
+    if not 0 < background_level <= 1:
+        raise DataError(f"background_level must be in (0, 1], got {background_level}")
     lo, hi = (int(v) for v in digits_per_image)
     if n < 1:
         raise DataError(f"n must be at least 1 canvas, got {n}")
@@ -143,21 +155,41 @@ def make_cluttered_mnist(source: ImageSet, n: int, canvas: int = 64,
             out[i, :, t:t + bottom - a, left:left + right - b] = crop
             if y[j] == finding_class:
                 masks[i, t:t + bottom - a, left:left + right - b] = crop.max(0) > mask_threshold
+    if background != "black":
+        out = np.where(out > 0, out, _background(background, background_level, out.shape, seed))
     meta = {"finding_class": int(finding_class), "finding_name": source.classes[finding_class],
-            "source": source.name, "canvas": int(canvas), "digits_per_image": [lo, hi]}
+            "source": source.name, "canvas": int(canvas), "digits_per_image": [lo, hi], "background": background}
     return LocalizationSet(torch.from_numpy(out), torch.from_numpy(labels), list(LOCALIZATION_CLASSES),
                            name or f"cluttered-{source.name}", meta, torch.from_numpy(masks))
 
 
+def _background(kind: str, level: float, shape: tuple[int, ...], seed: int | Sequence[int]) -> np.ndarray:
+    """Background canvases for :func:`make_cluttered_mnist` from a stream of their own."""
+    from scipy import ndimage
+
+    key = [seed] if isinstance(seed, int) else list(seed)
+    rng = np.random.default_rng([*key, 7919])
+    bg = rng.random(shape, dtype=np.float32)
+    if kind == "texture":
+        bg = ndimage.gaussian_filter(bg, sigma=(0, 0, 2, 2))
+        lo = bg.min(axis=(1, 2, 3), keepdims=True)
+        bg = (bg - lo) / np.maximum(bg.max(axis=(1, 2, 3), keepdims=True) - lo, 1e-8)
+    return (level * bg).astype(np.float32)
+
+
+BACKGROUNDS = ("black", "noise", "texture")
+
+
 def load_cluttered_mnist(root: str | Path | None = None, seed: int = 0, n_train: int = 2000,
                          n_test: int = 500, canvas: int = 64, digits_per_image: tuple[int, int] = (2, 4),
-                         finding_class: int = 0, positive_fraction: float = 0.5,
-                         ) -> tuple[LocalizationSet, LocalizationSet]:
+                         finding_class: int = 0, positive_fraction: float = 0.5, background: str = "black",
+                         background_level: float = 0.3) -> tuple[LocalizationSet, LocalizationSet]:
     """The "cluttered-mnist" dataset: train canvases from mnist5k's train split, test canvases from its test
-    split (split by ``seed``), so no digit appears in both. ``root`` is unused (nothing is read from disk)."""
+    split (split by ``seed``), so no digit appears in both. ``root`` is unused (nothing is read from disk).
+    ``background`` / ``background_level``: see :func:`make_cluttered_mnist` (default black, as before)."""
     src_train, src_test = load_mnist5k(seed=seed)
     common = dict(canvas=canvas, digits_per_image=digits_per_image, finding_class=finding_class,
-                  positive_fraction=positive_fraction)
+                  positive_fraction=positive_fraction, background=background, background_level=background_level)
     train = make_cluttered_mnist(src_train, n_train, seed=(seed, 1), name="cluttered-mnist-train", **common)
     test = make_cluttered_mnist(src_test, n_test, seed=(seed, 2), name="cluttered-mnist-test",
                                 **common)

@@ -383,12 +383,17 @@ def render_explanation_report(run_dir: Path, results: dict[str, Any]) -> tuple[P
 
 
 def _caveats(results: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
+    background = (results["config"]["data"].get("options") or {}).get("background", "black")
     out = [
-        "cluttered-mnist is a stand-in for DDSM: small 64×64 canvases, black background, one clean object per "
-        "positive image, a small classifier. The absolute numbers are not comparable with the paper's; the "
+        f"cluttered-mnist is a stand-in for DDSM: small 64×64 canvases, {background} background, one clean object "
+        "per positive image, a small classifier. The absolute numbers are not comparable with the paper's; the "
         "comparison between methods on the same images is the point.",
         "The 'min' deletion image of a canvas is black, like its background: deleting background changes no "
-        "pixel, so an MP min mask may cover much more than its L0 counts (compare 'mask area' with 'L0').",
+        "pixel, so an MP min mask may cover much more than its L0 counts (compare 'mask area' with 'L0'); the "
+        "explanation-noise preset (data option background: noise) makes deleting background cost L0."
+        if background == "black" else
+        f"The canvas background is {background} (data option), so deleting background changes pixels and counts "
+        "in L0: MP min cannot cover the canvas for free.",
         "The CC hit rate rewards few large components: a single component covering the object and most of the "
         "canvas scores 100%. Read it together with the mask area and the pointing game.",
         "The paper gives no step counts or step sizes for the regularized method; this study uses the library "
