@@ -255,7 +255,10 @@ def render_attention_report(run_dir: Path, results: dict[str, Any]) -> tuple[Pat
                       + ", ".join(f"{_nice(v)}: {k} images" for v, k in paired.items())
                       + "). Early-stopped PGD runs the full attack's trajectory (same random start, same "
                         "steps) and stops each image at its first misclassification, as Pixel Attack stops at "
-                        "its first success; full-strength PGD runs every step and overshoots.")
+                        "its first success; full-strength PGD runs every step and overshoots. (Both start at "
+                        "a random point of the ε-ball, so their L∞ is ≈ ε: the early stop matches Pixel Attack's "
+                        "stopping rule, not its norm.) The random control: ±ε signs for PGD (±the image's own "
+                        "L∞ for early-stopped PGD), as many random pixels set to random values for Pixel Attack.")
         rows = [[_nice(r.get("variant", "pgd")), r["label"], _fmt_ci(r["pgd"]), _fmt_ci(r["pixel"]),
                  f"{_num(r.get('estimate')):+.3f} [{_num(r.get('lo')):+.3f}, {_num(r.get('hi')):+.3f}]",
                  r["effect"], r["n"], r.get("p_holm"), r["outcome"]] for r in comp]

@@ -3,16 +3,22 @@ per claim of seed 004 with its tests and a verdict (plain data for results.json)
 
 Decision rules (explicit, applied mechanically to the numbers):
 
-- A *paired* test (same images, e.g. adversarial vs original) uses the Wilcoxon signed-rank test (two-sided)
-  and the paired dominance ``P(d > 0) − P(d < 0)`` of the per-image differences as effect size; an *unpaired*
-  test (PGD vs Pixel Attack) uses Mann-Whitney U and Cliff's δ; a *correlation* test uses Spearman's ρ.
-  Every p-value of the claims table is Holm-corrected over the whole table (tests with enough examples).
+- A *paired* test (same images, e.g. adversarial vs original, or adversarial vs the same-budget random
+  control) uses the Wilcoxon signed-rank test (two-sided), the paired dominance ``P(d > 0) − P(d < 0)`` of the
+  per-image differences as effect size and the 95% t-interval of the mean difference; a *matched* test (PGD vs
+  Pixel Attack) is the same test on the images both attacks broke, against PGD stopped at its first
+  misclassification and against full-strength PGD; an *equivalence* test ("keeps the region", "changes
+  minimally") is a paired TOST within ±``equivalence_margin`` of the random control; a *correlation* test uses
+  Spearman's ρ (Fisher-z interval); a *rate* test the exact binomial test (Clopper-Pearson interval). Every
+  p-value of the claims table is Holm-corrected over the whole table (tests with enough examples).
 - A test is **confirmed** when its corrected p < ``alpha`` and its effect points the claimed way with
   |effect| ≥ ``min_effect`` (0.147, the "small" bound of Cliff's δ; Romano et al. 2006; |ρ| ≥ 0.1 for
   correlations), **contradicted** when the same holds in the opposite direction, **inconclusive** otherwise, and
-  **untestable** with fewer than ``min_examples`` examples. A *threshold* test (e.g. "destroys": median retained
-  CAM energy below ``destroy_ratio``) is confirmed when the 95% bootstrap interval of the median lies on the
-  claimed side, contradicted when it lies on the other side.
+  **untestable** with fewer than ``min_examples`` examples. An equivalence test is confirmed when its corrected
+  TOST p < ``alpha`` and contradicted when the 1 − 2α interval lies wholly outside the margin. A *threshold*
+  test (median retained CAM energy below ``destroy_ratio``, reported beside the spatial "distorts" claim) is
+  confirmed when the 95% bootstrap interval of the median lies on the claimed side, contradicted when it lies
+  on the other side.
 - A claim is **supported** when every testable test is confirmed, **not supported** when none is, **mixed**
   otherwise, and **not testable** when no test is testable.
 """
@@ -71,7 +77,7 @@ class Claim:
 
 
 #: The random control of the same budget, named in every test that uses it as the baseline.
-CONTROL = "same-budget random control on the same images (±ε signs for PGD, as many random pixels for Pixel)"
+CONTROL = "same-budget random control, same images"
 PGD_VARIANTS = ("pgd-early", "pgd")  # matched strength first (stopped at the first misclassification), then full
 
 

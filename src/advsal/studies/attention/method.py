@@ -5,8 +5,10 @@ classifier attends to, with every qualitative claim of the paper turned into a m
 1. Train the classifier F (default ``resnet20``; seed 004 §4 uses a ResNet on CIFAR-10).
 2. Pick ``n_images`` correctly classified test images (seeded).
 3. Attack every one of them with PGD (L∞, white-box, Madry et al. 2018) and Pixel Attack with 1, 3 and 5 pixels
-   (L0, black-box differential evolution, Su et al. 2019). Only the successful adversarial examples enter the
-   analysis; the "pixel" group pools the Pixel Attack runs, per image the successful run with the fewest pixels.
+   (L0, black-box differential evolution, Su et al. 2019), and (``pgd.early_stop``) PGD stopped per image at its
+   first misclassification, as Pixel Attack stops at its first success. Only the successful adversarial
+   examples enter the analysis; the "pixel" group pools the Pixel Attack runs, per image the successful run
+   with the fewest pixels.
 4. Per successful example: guided-backprop saliency maps SM (Eq. 5–7; |·|, max over channels) and Grad-CAM maps
    AM (Eq. 8–11) of the Grad-CAM layers (the last convolutional stage and the intermediate stages), for the
    original x and the adversarial x̂, w.r.t. the true class C and the adversarial class Ĉ — the six panels of
@@ -14,7 +16,9 @@ classifier attends to, with every qualitative claim of the paper turned into a m
    Attack) is the control.
 5. Metrics per example (``advsal.saliency.compare``): diffusion, shift, attraction to the perturbed pixels (Pixel
    Attack: the changed pixels; PGD: the ``top_pixels`` most changed), CAM energy and peak displacement per layer.
-6. Aggregates per attack, PGD vs Pixel Attack (Mann-Whitney U, Cliff's δ, Holm), and one row per claim.
+6. Aggregates per attack, PGD vs Pixel Attack paired on the images both broke (Wilcoxon, Holm), and one row
+   per claim, spatial claims tested against the same-budget random control (IoU / rank correlation; TOST
+   equivalence for "keeps" and "changes minimally").
 """
 
 from __future__ import annotations
