@@ -138,6 +138,8 @@ class Config:
     baselines: list[str] = field(default_factory=lambda: ["image", "saliency", "n-plus-one", "metzen",
                                                             "first-layer"])
     baseline_attacks: list[str] = field(default_factory=lambda: ["bim", "cw"])
+    # constructor parameters per baseline, e.g. {lid: {k: 10}, mahalanobis: {noise: 0.002}} (names: the spec's options)
+    baseline_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     generalisation: GeneralisationConfig = field(default_factory=GeneralisationConfig)
     second_round: SecondRoundConfig = field(default_factory=SecondRoundConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
@@ -177,6 +179,13 @@ class Config:
         for kind in self.baselines:
             require(kind in DETECTOR_SPECS and kind != MAIN_DETECTOR, "baselines",
                     f"has unknown detector {kind!r}; registered: {baselines}")
+        for kind, params in self.baseline_params.items():
+            require(kind in DETECTOR_SPECS and kind != MAIN_DETECTOR, "baseline_params",
+                    f"has unknown detector {kind!r}; registered: {baselines}")
+            accepted = DETECTOR_SPECS[kind].options
+            for key in params:
+                require(key in accepted, f"baseline_params.{kind}",
+                        f"has unknown parameter {key!r}; {kind} accepts: {', '.join(accepted) or 'none'}")
         for name in self.baseline_attacks:
             require(name in self.attacks, "baseline_attacks", f"names {name!r}, which is not in attacks "
                                                               f"({', '.join(self.attacks)})")

@@ -5,7 +5,8 @@
    and test sets.
 2. Gradient saliency S = ∂F_c/∂x (Eq. 5) of every clean and adversarial image — computed inside the detector.
 3. Train the detector D on image ⊕ saliency (Table I detector), one per attack; the baselines of the registry
-   (image only, saliency only, N+1 class, Metzen, first layer) on the same data.
+   (image only, saliency only, N+1 class, Metzen, first layer; LID, Mahalanobis, KD+BU, feature squeezing) on
+   the same data.
 4. Evaluate in Table II's layout, plus AUROC and TPR at ``fpr``, on all and on "successful adversarial examples
    of correctly classified images".
 5. Generalisation: attack × attack (Fig. 2) and ε_fit × ε_test (Table III).
@@ -82,7 +83,9 @@ def method(ctx: Context, cfg: Config, run_dir: Path) -> dict[str, Any]:
                  for kind in cfg.baselines}
 
     # Step 5: generalisation across attacks (Fig. 2) and across ε (Table III)
-    cross = score_matrix(ctx, "cross-attack", list(detectors.values()), list(adv_test.values()))
+    # (and each baseline, trained on each of baseline_attacks, on every attack's test set)
+    cross = score_matrix(ctx, "cross-attack", list(detectors.values()), list(adv_test.values()),
+                         baselines={kind: list(per.values()) for kind, per in baselines.items()})
     g = cfg.generalisation
     gen_train, gen_test = draw("gen-train", ctx.train, g.n_train, cfg.seed + 10), draw("gen-test", ctx.test,
                                                                                      g.n_test, cfg.seed + 11)

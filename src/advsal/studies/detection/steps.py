@@ -22,6 +22,7 @@ from ...attacks import AdaptiveSaliencyAttack, MetzenAttack, attack_detector_pai
 from ...attacks.specs import AttackSpec
 from ...data import ImageSet, subset
 from ...detection import metrics as dm
+from ...detection.baselines import fitted_state, load_fitted_state
 from ...detection.protocol import Detector
 from ...saliency import grad_cam_layers, gradient
 from ...store import Source, Stage, save_tensors
@@ -121,10 +122,12 @@ class TrainedDetector:
     @cached_property
     def detector(self) -> Detector:
         payload = self.stage.payload
-        if "feature_shape" not in payload:
-            raise ValueError(f"detector {self.spec.name!r} cannot be restored from its stage (it is not an "
-                             "nn.Module with a state dict)")
         det = self.spec.factory(self.ctx.model, self.cfg)
+        if not isinstance(det, torch.nn.Module):  # a plain object (LID, …): its fitted state is in the stage
+            return load_fitted_state(det, {k[2:]: v for k, v in payload.items() if k.startswith("d.")})
+        if "feature_shape" not in payload:
+            raise ValueError(f"detector {self.spec.name!r} cannot be restored from its stage (a network detector "
+                             "without build_features)")
         build = getattr(det, "build", None)
         if callable(build):
             build(tuple(payload["feature_shape"]))
@@ -154,6 +157,8 @@ def train_detector(ctx: Context, spec: DetectorSpec, cfg: Any, name: str, train:
             out |= {f"d.{k}": v.cpu() for k, v in det.state_dict().items()}
             if hasattr(det, "build_features"):
                 out["feature_shape"] = list(det.build_features(x_clean[:1]).shape[1:])
+        else:  # a plain object: its learned attributes (trailing underscore) and threshold
+            out |= {f"d.{k}": v for k, v in fitted_state(det).items()}
         return out
 
     inputs = [ctx.classifier, train.node, test.node, adv_test] + ([adv_train] if spec.adversarial else [])
@@ -162,26 +167,41 @@ def train_detector(ctx: Context, spec: DetectorSpec, cfg: Any, name: str, train:
 
 
 # ------------------------------------------------------------------------------------------------ Step 6
-def score_matrix(ctx: Context, name: str, detectors: list[TrainedDetector], tests: list[Stage]) -> Stage:
+def accuracy_matrix(ctx: Context, detectors: list[TrainedDetector], tests: list[Stage]) -> list[list[float]]:
     """Detection accuracy (balanced) of detector i on adversarial set j, with detector i's stored clean scores.
 
-    All detectors must share one feature setting (``params()``): each test set's detector input (one forward +
-    backward of F) is built once and fed to every detector."""
+    Network detectors sharing one feature setting (``params()``) get each test set's detector input (one forward
+    + backward of F) built once and fed to all of them; any other detector (LID, feature squeezing, …: plain
+    objects) scores each test set itself."""
+    dets = [d.detector for d in detectors]
+    shared = bool(dets) and all(hasattr(det, "build_features") and hasattr(det, "score_features") for det in dets) \
+        and all(det.params() == dets[0].params() for det in dets[1:])
+    matrix = [[0.0] * len(tests) for _ in dets]
+    for j, test in enumerate(tests):
+        x_adv = test["x_adv"].to(ctx.device)
+        feats = dets[0].build_features(x_adv) if shared else None
+        for i, (trained, det) in enumerate(zip(detectors, dets, strict=True)):
+            s_adv = (det.score_features(feats) if shared else det.score(x_adv)).cpu().numpy()
+            clean = trained.stage["scores_clean"].numpy()
+            matrix[i][j] = dm.detection_rates(clean, s_adv, det.threshold).accuracy
+    return matrix
+
+
+def score_matrix(ctx: Context, name: str, detectors: list[TrainedDetector], tests: list[Stage],
+                 baselines: dict[str, list[TrainedDetector]] | None = None) -> Stage:
+    """:func:`accuracy_matrix` of ``detectors`` × ``tests`` (``matrix``) and, for each baseline kind of
+    ``baselines``, of its detectors (trained on the baseline attacks) × the same ``tests`` (``baselines``)."""
+    baselines = baselines or {}
 
     def compute() -> dict[str, Any]:
-        dets = [d.detector for d in detectors]
-        if any(det.params() != dets[0].params() for det in dets[1:]):
-            raise ValueError("score_matrix needs detectors with one classifier and one feature setting")
-        matrix = [[0.0] * len(tests) for _ in dets]
-        for j, test in enumerate(tests):
-            feats = dets[0].build_features(test["x_adv"].to(ctx.device))
-            for i, (trained, det) in enumerate(zip(detectors, dets, strict=True)):
-                s_adv = det.score_features(feats).cpu().numpy()
-                clean = trained.stage["scores_clean"].numpy()
-                matrix[i][j] = dm.detection_rates(clean, s_adv, det.threshold).accuracy
-        return {"matrix": matrix}
+        out: dict[str, Any] = {"matrix": accuracy_matrix(ctx, detectors, tests)}
+        if baselines:
+            out["baselines"] = {kind: accuracy_matrix(ctx, dets, tests) for kind, dets in baselines.items()}
+        return out
 
-    return ctx.stage(name, compute, inputs=[*(d.stage for d in detectors), *tests])
+    extra = [d.stage for dets in baselines.values() for d in dets]
+    return ctx.stage(name, compute, inputs=[*(d.stage for d in detectors), *extra, *tests],
+                     params={"baselines": list(baselines)} if baselines else None)
 
 
 # ------------------------------------------------------------------------------------------------ Step 7

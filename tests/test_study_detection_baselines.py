@@ -1,0 +1,137 @@
+"""The field's baseline detectors (LID, Mahalanobis, KD+BU, feature squeezing) inside the detection study, on a
+tiny configuration: each appears in the baseline table, the cross-attack matrix and the report with its paper's
+column; a detector restored from its stage scores exactly as when it was fitted; a constructor parameter set in
+the config recomputes only that detector (and the matrix that reads it)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from advsal.detection.baselines import LIDDetector, fitted_state, load_fitted_state
+from advsal.errors import ConfigError
+from advsal.models import build_model
+from advsal.studies import study_config
+from advsal.studies.config import from_mapping
+from advsal.studies.detection import Config, run
+from advsal.studies.detection.registry import PAPER_NUMBERS
+
+KINDS = ["lid", "mahalanobis", "kd-bu", "feature-squeezing"]
+
+TINY = {
+    "name": "tiny-baselines",
+    "data": {"name": "mnist5k", "train_limit": 300, "test_limit": 60},
+    "classifier": {"epochs": 2, "lr": 0.003},
+    "n_train": 24, "n_test": 16, "search_images": 16,
+    "attacks": {"fgsm": {}, "bim": {"steps": 2}},
+    "attack_limits": {},
+    "detector": {"epochs": 1, "batch_size": 32},
+    "baselines": KINDS,
+    "baseline_attacks": ["fgsm", "bim"],
+    "baseline_params": {"kd-bu": {"mc_samples": 8}},
+    "generalisation": {"attacks": ["fgsm"], "eps_factors": [1.0], "n_train": 8, "n_test": 8},
+    "second_round": {"attack": "bim", "n_images": 2, "steps": 1, "sigmas": [0.5]},
+    "layer_images": 16,
+    "security": {"enabled": False},  # the security section has its own tests
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_config(device, **changes):
+    cfg = from_mapping(Config, {**TINY, "device": device})
+    return from_mapping(Config, changes, base=cfg) if changes else cfg
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, device):
+    run_dir = tmp_path_factory.mktemp("detb") / "tiny"
+    run(tiny_config(device), run_dir)
+    return run_dir, json.loads((run_dir / "results.json").read_text())
+
+
+def diagonal_matches_stored_scores(results):
+    """The cross-attack matrix scores restored detectors; on the attack a detector was trained on, its accuracy
+    must equal the one from the scores stored when it was fitted."""
+    for kind in KINDS:
+        m = results["cross_attack_baselines"][kind]
+        for i, attack in enumerate(m["trained_on"]):
+            j = m["tested_on"].index(attack)
+            assert m["matrix"][i][j] == pytest.approx(results["baselines"][kind][attack]["accuracy"], abs=1e-12), \
+                (kind, attack)
+
+
+def test_baselines_in_tables_matrix_and_report(tiny_run):
+    run_dir, results = tiny_run
+    assert set(results["baselines"]) == set(KINDS)
+    for kind in KINDS:
+        assert set(results["baselines"][kind]) == {"fgsm", "bim"}
+        for row in results["baselines"][kind].values():
+            assert 0 <= row["auroc"] <= 1 and 0 <= row["d_clean"] <= 1 and row["n_adv"] == 16
+        m = results["cross_attack_baselines"][kind]
+        assert m["trained_on"] == ["fgsm", "bim"] and m["tested_on"] == ["fgsm", "bim"]
+        assert len(m["matrix"]) == 2 and all(len(r) == 2 for r in m["matrix"])
+    diagonal_matches_stored_scores(results)
+    # feature squeezing is calibrated on clean training images at the config's fpr: at most 5% of them flagged
+    assert results["cross_attack"]["matrix"] and results["cross_attack"]["attacks"] == ["fgsm", "bim"]
+    for attack, st in results["standing"].items():
+        named = {k for key in ("beats", "ties", "trails") for k, _ in st[key]}
+        assert named == set(KINDS), attack
+    md = (run_dir / "report.md").read_text()
+    assert "paper (table)" in md
+    for kind in KINDS:
+        assert results["names"]["detectors"][kind] in md
+        assert PAPER_NUMBERS[kind]["table"] in md
+    assert "no MNIST" in md  # Mahalanobis: Lee et al. report none
+    assert md.count("the saliency detector (AUROC") == 2  # one sentence per baseline attack
+    assert "trained on \\ tested on" in md
+
+
+def test_fitted_state_round_trip_scores_identically(mnist5k):
+    train, test = mnist5k
+    model = build_model("mnist-net", seed=0).eval()
+    det = LIDDetector(model, k=5, minibatch=10).fit(train.x[:20], train.x[20:40].flip(-1), cv=None)
+    det.threshold = 0.3
+    state = fitted_state(det)
+    assert state["reference_.n"] == len(det.layers_) and "unstored_" not in state
+    restored = load_fitted_state(LIDDetector(model, k=5, minibatch=10), state)
+    assert restored.threshold == 0.3 and restored.layers_ == det.layers_
+    assert torch.equal(restored.score(test.x[:8]), det.score(test.x[:8]))
+
+
+def test_a_constructor_parameter_recomputes_only_its_detector(tiny_run, device, tmp_path):
+    run_dir = tmp_path / "copy"
+    shutil.copytree(tiny_run[0], run_dir)
+    results = run(tiny_config(device, baseline_params={"kd-bu": {"mc_samples": 8}, "lid": {"k": 5}}), run_dir)
+    done = {t["stage"] for t in results["timings"] if not t["cached"]}
+    assert done == {"detector-lid-fgsm", "detector-lid-bim", "cross-attack"}
+    # the other detectors were restored from their stages for the matrix and score as when fitted
+    diagonal_matches_stored_scores(results)
+    # feature squeezing's threshold is calibrated at the config's fpr: only its stages (and the matrix) recompute
+    results = run(tiny_config(device, baseline_params={"kd-bu": {"mc_samples": 8}, "lid": {"k": 5}}, fpr=0.2),
+                  run_dir)
+    done = {t["stage"] for t in results["timings"] if not t["cached"]}
+    assert done == {"detector-feature-squeezing-fgsm", "detector-feature-squeezing-bim", "cross-attack"}
+
+
+@pytest.mark.parametrize("overrides, field", [
+    ({"baseline_params": {"lid": {"kk": 3}}}, "baseline_params.lid"),
+    ({"baseline_params": {"nope": {}}}, "baseline_params"),
+])
+def test_bad_baseline_params_name_the_field(overrides, field):
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        study_config("detection", overrides=overrides)
+
+
+def test_preset_runs_the_four_on_bim_and_cw():
+    cfg = study_config("detection", preset="baselines")
+    assert set(KINDS) <= set(cfg.baselines) and cfg.baseline_attacks == ["bim", "cw"]
