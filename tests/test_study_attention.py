@@ -156,6 +156,32 @@ def test_pgd_vs_pixel_is_paired_on_the_images_both_attacks_broke():
     assert rows["pixel-not-diffuse"]["tests"][1]["outcome"] == "untestable"  # no full-strength PGD group
 
 
+def test_image_metrics_control_baselines_on_planted_maps():
+    """The adversarial C map moves onto the perturbed pixel, the control map stays the clean map: the toward
+    metric is positive for the attack and 0 for the control around its own pixels; IoU with the clean map is 1
+    for the control; the Ĉ map moves the other way (opposite = 1)."""
+    n, h = 3, 12
+    clean = torch.zeros(n, h, h)
+    clean[:, 2:4, 2:4] = 1.0  # the region of interest, top-left
+    pert = torch.zeros(n, h, h, dtype=torch.bool)
+    pert[:, 9, 9] = True  # the perturbed pixel, bottom-right
+    pert_ctrl = torch.zeros(n, h, h, dtype=torch.bool)
+    pert_ctrl[:, 9, 2] = True  # the control's own pixel, bottom-left
+    moved = clean.clone()
+    moved[:, 8:11, 8:11] = 3.0  # attention drawn to the perturbed pixel
+    away = clean.clone()
+    away[:, 0, :] = 0.5  # mass elsewhere; none near the perturbed pixel
+    sm = {"x_c": clean, "x_d": moved, "a_c": moved, "a_d": away}
+    cams = {combo: {"l": (m[:, ::3, ::3], m)} for combo, m in sm.items()}
+    out = attention.image_metrics(sm, clean, cams, {"l": (clean[:, ::3, ::3], clean)}, pert, 0.05, 1.5, pert_ctrl)
+    assert (out["sm:abs_d_near:c"] > 0.5).all() and (out["sm:abs_d_near:ctrl"] == 0).all()
+    assert (out["sm:excess_near:c"] > 0.5).all()
+    assert (out["sm:iou:true_ctrl"] == 1).all() and (out["sm:iou:true"] < 1).all()
+    assert (out["cam:l:distortion:true"] > 0).all()  # less overlap with the clean map than the control has
+    assert (out["cam:l:opposite"] == 1).all()  # C map gains near the pixel, Ĉ map loses there
+    assert (out["sm:ring:ctrl"] == out["sm:ring:x_c"]).all()
+
+
 def test_too_few_examples_are_not_testable():
     cfg = attention.Config(layers=LAYERS, bootstrap=100, min_examples=10)
     metrics = {g: {k: v[:5] for k, v in m.items()} for g, m in planted_metrics().items()}
