@@ -333,6 +333,8 @@ def summary(results: dict[str, Any]) -> list[str]:
         for metric in ("ape", "cc_hit_rate"):
             counts[f"{metric}:{c[metric]['verdict']}"] = counts.get(f"{metric}:{c[metric]['verdict']}", 0) + 1
     if counts:
-        lines.append("regularized vs MP (matched settings): "
+        lines.append("regularized vs MP (matched settings, transferred coefficients): "
                      + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
-    return lines
+    from ...report.explanation import tuned_lines
+
+    return lines + tuned_lines(results)
