@@ -108,11 +108,18 @@ def _evidence(test: dict[str, Any]) -> str:
     return f"{TEST_NAMES.get(kind, kind)}: {text}{base}"
 
 
+#: The claims the report opens with, in this order (the paper's headline claims and the PGD-vs-Pixel contrast).
+HEADLINE = ("pgd-distorts-true-cam", "pgd-keeps-roi", "pgd-diffuses", "pixel-shifts-roi", "pixel-cam-toward-or-away",
+            "attacks-differ")
+
+
 def attention_findings(results: dict[str, Any]) -> list[dict[str, str]]:
-    """The verdicts the report opens with (``{"text", "section"}``): one per claim of seed 004 (at most six),
-    its verdict and the first test's measured evidence."""
+    """The verdicts the report opens with (``{"text", "section"}``): six claims of seed 004 (``HEADLINE`` first),
+    each with its verdict and the first test's measured evidence, baseline and interval."""
     out = []
-    for c in results.get("claims", [])[:6]:
+    claims = results.get("claims", [])
+    rank = {cid: i for i, cid in enumerate(HEADLINE)}
+    for c in sorted(claims, key=lambda c: rank.get(c["id"], len(rank)))[:6]:
         tests = c.get("tests", [])
         evidence = f" — {tests[0]['label']}: {_evidence(tests[0])} → {tests[0]['outcome']}" if tests else ""
         n_conf = sum(t["outcome"] == "confirmed" for t in tests)
