@@ -236,6 +236,7 @@ def test_rerun_is_fully_cached_with_identical_numbers_and_report_rerenders(tiny_
     ({"regularized": {"phase2_steps": 6}}, {*OURS, *CONTRAST}),  # phase 2 is also the contrast's
     ({"cam_layer": "features.3"}, {"saliency", *CONTRAST}),
     ({"alpha": 0.1, "connectivity": 4, "figure_images": 1}, set()),  # analysis and report only
+    ({"tuning": {"fraction": 0.25}}, set()),  # the split is analysis; the candidates' stages stay
 ])
 def test_changing_a_field_recomputes_exactly_the_stages_downstream(tiny_run, tiny_data, monkeypatch, change,
                                                                    recomputed):
