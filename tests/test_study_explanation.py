@@ -343,3 +343,12 @@ def test_noise_preset_changes_only_the_canvas_background():
     assert cfg.data.options == {"background": "noise", "background_level": 0.3}
     default = explanation.Config()
     assert dataclasses.replace(cfg, name=default.name, data=default.data) == default
+
+
+def test_split_images_is_seeded_disjoint_and_keeps_both_sides():
+    tune, held = analysis.split_images(10, 0.5, 3)
+    assert len(tune) == 5 and sorted([*tune, *held]) == list(range(10))
+    assert np.array_equal(tune, analysis.split_images(10, 0.5, 3)[0])
+    assert [len(p) for p in analysis.split_images(3, 0.01, 0)] == [1, 2]  # at least one image each side
+    assert [len(p) for p in analysis.split_images(3, 0.99, 0)] == [2, 1]
+    assert [len(p) for p in analysis.split_images(1, 0.5, 0)] == [0, 0]  # too few: no tuned comparison
