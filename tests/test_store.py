@@ -66,6 +66,12 @@ def test_fingerprint_is_content_not_identity():
         net2.bias += 1
     assert fingerprint(net1) != fingerprint(net2)
     assert Source.of("d", a).key == fingerprint(a)
+    # 0-dim tensors (BatchNorm's num_batches_tracked), bool and half tensors are content too
+    assert fingerprint(torch.tensor(5)) != fingerprint(torch.tensor(6))
+    assert fingerprint(torch.tensor([True, False])) != fingerprint(torch.tensor([False, True]))
+    assert fingerprint(torch.ones(2, dtype=torch.float16)) != fingerprint(torch.ones(2))
+    bn = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
+    assert len(fingerprint(bn)) == 16
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garble-json", "json-list", "tamper-tensor", "drop-manifest",
