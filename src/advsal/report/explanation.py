@@ -382,13 +382,17 @@ def render_explanation_report(run_dir: Path, results: dict[str, Any]) -> tuple[P
             c = ccomp.get(r["id"], {})
             crows.append([r["method"], f"{o['method']} {setting_label(o)}", r["area"], r["l0"], r["tv"],
                           r["classification"], r["ape"], _pct_cell(r["cc_hit_rate"]), r["pointing"],
-                          c.get("ape", {}).get("verdict", "–"), c.get("cc_hit_rate", {}).get("verdict", "–")])
+                          _ci_cell(c["ape"]) if c else "–", _holm_p(c["ape"]) if c else None,
+                          c.get("ape", {}).get("verdict", "–"),
+                          _ci_cell(c["cc_hit_rate"], pct=True) if c else "–",
+                          _holm_p(c["cc_hit_rate"]) if c else None, c.get("cc_hit_rate", {}).get("verdict", "–")])
         rep.table(["map", "area of", "mask area", "L0", "tv", "classification", "APE_D", "CC hit (%)",
-                   "pointing", "APE_D: ours is", "CC hit: ours is"], crows, digits=4,
+                   "pointing", "APE_D diff ours − map [95% CI]", "p_Holm", "APE_D: ours is",
+                   "CC diff (pp) [95% CI]", "p_Holm ", "CC hit: ours is"], crows, digits=4,
                   caption="Plain gradient saliency |∂logit/∂x| and Grad-CAM "
                           f"({cfg['cam_layer'] or 'the model’s CAM layer'}) of the explained class, each cut to "
                           "its top-k pixels with k = the regularized row's mask size per image, then perturbed "
-                          "inside by the same phase 2. The last two columns compare the regularized row with the "
+                          "inside by the same phase 2. The last six columns compare the regularized row with the "
                           "map (paired over all images, Wilcoxon signed-rank, Holm-corrected over this table's "
                           "tests).")
 
