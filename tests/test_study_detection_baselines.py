@@ -11,9 +11,7 @@ import shutil
 import pytest
 import torch
 
-from advsal.detection.baselines import LIDDetector, fitted_state, load_fitted_state
 from advsal.errors import ConfigError
-from advsal.models import build_model
 from advsal.studies import study_config
 from advsal.studies.config import from_mapping
 from advsal.studies.detection import Config, run
@@ -94,18 +92,6 @@ def test_baselines_in_tables_matrix_and_report(tiny_run):
     assert "no MNIST" in md  # Mahalanobis: Lee et al. report none
     assert md.count("the saliency detector (AUROC") == 2  # one sentence per baseline attack
     assert "trained on \\ tested on" in md
-
-
-def test_fitted_state_round_trip_scores_identically(mnist5k):
-    train, test = mnist5k
-    model = build_model("mnist-net", seed=0).eval()
-    det = LIDDetector(model, k=5, minibatch=10).fit(train.x[:20], train.x[20:40].flip(-1), cv=None)
-    det.threshold = 0.3
-    state = fitted_state(det)
-    assert state["reference_.n"] == len(det.layers_) and "unstored_" not in state
-    restored = load_fitted_state(LIDDetector(model, k=5, minibatch=10), state)
-    assert restored.threshold == 0.3 and restored.layers_ == det.layers_
-    assert torch.equal(restored.score(test.x[:8]), det.score(test.x[:8]))
 
 
 def test_a_constructor_parameter_recomputes_only_its_detector(tiny_run, device, tmp_path):

@@ -235,47 +235,6 @@ class StatisticDetector:
                               for i in range(0, len(x), batch_size)])
 
 
-def fitted_state(detector: Any) -> dict[str, Any]:
-    """A fitted detector's learned state — its public attributes with a trailing underscore, plus ``threshold`` —
-    as flat entries a run store can keep: tensors (CPU) under their name, a list of tensors as ``name.0``,
-    ``name.1``, … with its length under ``name.n``, and plain JSON values (numbers, strings, lists of them) as they
-    are. :func:`load_fitted_state` puts them back on a freshly constructed detector with the same parameters."""
-    state: dict[str, Any] = {"threshold": float(detector.threshold)}
-    unstored = []
-    for name, value in vars(detector).items():
-        if not name.endswith("_") or name.startswith("_"):
-            continue
-        if isinstance(value, Tensor):
-            state[name] = value.detach().cpu()
-        elif isinstance(value, (list, tuple)) and value and all(isinstance(v, Tensor) for v in value):
-            state[f"{name}.n"] = len(value)
-            state |= {f"{name}.{i}": v.detach().cpu() for i, v in enumerate(value)}
-        elif value is None or isinstance(value, (bool, int, float, str, list, tuple)):
-            state[name] = list(value) if isinstance(value, tuple) else value
-        else:  # kept out; restoring such a detector fails, naming the attribute
-            unstored.append(name)
-    if unstored:
-        state["unstored_"] = unstored
-    return state
-
-
-def load_fitted_state(detector: Any, state: dict[str, Any]) -> Any:
-    """Restore what :func:`fitted_state` returned onto ``detector`` (constructed with the same parameters);
-    tensors stay on the CPU (the detectors move them to the classifier's device when used). Returns it."""
-    if state.get("unstored_"):
-        raise TypeError(f"{type(detector).__name__} cannot be restored: its fitted attribute(s) "
-                        f"{', '.join(state['unstored_'])} are neither tensors nor JSON values")
-    lists = {k[:-2]: int(v) for k, v in state.items() if k.endswith(".n")}
-    for name, value in state.items():
-        base = name.rsplit(".", 1)[0]
-        if name.endswith(".n") or base in lists:
-            continue
-        setattr(detector, name, float(value) if name == "threshold" else value)
-    for name, n in lists.items():
-        setattr(detector, name, [state[f"{name}.{i}"] for i in range(n)])
-    return detector
-
-
 def check_positive(value: float, name: str, integer: bool = False) -> None:
     bad = (not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value) or value <= 0
            or (integer and int(value) != value))
@@ -284,4 +243,4 @@ def check_positive(value: float, name: str, integer: bool = False) -> None:
 
 
 __all__ = ["ACTIVATIONS", "LOGITS", "StatisticDetector", "activation_layers", "check_layers", "check_positive",
-           "fitted_state", "layer_activations", "load_fitted_state"]
+           "layer_activations"]

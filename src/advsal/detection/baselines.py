@@ -30,8 +30,6 @@ from ._statistic import (
     activation_layers,
     check_layers,
     check_positive,
-    fitted_state,
-    load_fitted_state,
 )
 from .squeezing import FeatureSqueezingDetector, median_smooth, reduce_bit_depth
 
@@ -461,5 +459,5 @@ class KDBUDetector(StatisticDetector):
         return self._kdbu(x)
 
 
-__all__ = ["FeatureSqueezingDetector", "KDBUDetector", "LIDDetector", "MahalanobisDetector", "fitted_state",
-           "lid_mle", "load_fitted_state", "median_smooth", "reduce_bit_depth", "squared_distances"]
+__all__ = ["FeatureSqueezingDetector", "KDBUDetector", "LIDDetector", "MahalanobisDetector", "lid_mle",
+           "median_smooth", "reduce_bit_depth", "squared_distances"]

@@ -22,7 +22,7 @@ from ...attacks import AdaptiveSaliencyAttack, MetzenAttack, attack_detector_pai
 from ...attacks.specs import AttackSpec
 from ...data import ImageSet, subset
 from ...detection import metrics as dm
-from ...detection.baselines import fitted_state, load_fitted_state
+from ...detection.io import fitted_state, load_fitted_state
 from ...detection.protocol import Detector
 from ...saliency import grad_cam_layers, gradient
 from ...store import Source, Stage, save_tensors
@@ -124,7 +124,10 @@ class TrainedDetector:
         payload = self.stage.payload
         det = self.spec.factory(self.ctx.model, self.cfg)
         if not isinstance(det, torch.nn.Module):  # a plain object (LID, …): its fitted state is in the stage
-            return load_fitted_state(det, {k[2:]: v for k, v in payload.items() if k.startswith("d.")})
+            load_fitted_state(det, {k[2:]: v for k, v in payload.items() if k.startswith("s.")},
+                              payload.get("state_meta", {}))
+            det.threshold = float(payload["threshold"])
+            return det
         if "feature_shape" not in payload:
             raise ValueError(f"detector {self.spec.name!r} cannot be restored from its stage (a network detector "
                              "without build_features)")
@@ -157,8 +160,9 @@ def train_detector(ctx: Context, spec: DetectorSpec, cfg: Any, name: str, train:
             out |= {f"d.{k}": v.cpu() for k, v in det.state_dict().items()}
             if hasattr(det, "build_features"):
                 out["feature_shape"] = list(det.build_features(x_clean[:1]).shape[1:])
-        else:  # a plain object: its learned attributes (trailing underscore) and threshold
-            out |= {f"d.{k}": v for k, v in fitted_state(det).items()}
+        else:  # a plain object: its learned attributes (trailing underscore), as detection.io saves them
+            tensors, out["state_meta"] = fitted_state(det)
+            out |= {f"s.{k}": v for k, v in tensors.items()}
         return out
 
     inputs = [ctx.classifier, train.node, test.node, adv_test] + ([adv_train] if spec.adversarial else [])
