@@ -4,6 +4,7 @@ upstream), registries extended from outside, a user model from the command line,
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import sys
@@ -149,6 +150,21 @@ def test_rerun_is_fully_cached_and_identical(tiny_run, device):
     (run_dir / "report.md").unlink()
     md, page = render_run(run_dir)  # the report is drawn from results.json alone
     assert md.is_file() and page.is_file()
+
+
+def test_report_renders_when_no_layer_example_succeeded(tiny_run, tmp_path):
+    """An attack with no successful example among `layer_images` has null layer numbers: the report says so
+    instead of crashing (results.json holds null for NaN)."""
+    run_dir, results = tiny_run[0], copy.deepcopy(tiny_run[1])
+    for per in results["layers"]["by_attack"].values():
+        for row in per.values():
+            row.update(correlation=None, change=None, n=0)
+    from advsal.studies import get_study
+
+    out = tmp_path / "rendered"
+    shutil.copytree(run_dir, out)
+    md, _ = get_study("detection").render(out, results)
+    assert "depth trend is not measured" in md.read_text()
 
 
 def test_changing_max_accuracy_recomputes_eps_adversarial_sets_and_every_detector(tiny_run, device, tmp_path):

@@ -94,6 +94,21 @@ def test_baselines_in_tables_matrix_and_report(tiny_run):
     assert "trained on \\ tested on" in md
 
 
+def test_statistic_baselines_export_from_the_run_with_their_stored_scores(tiny_run, device):
+    from advsal.data import subset
+    from advsal.detection.io import run_classifier, run_detector
+    from advsal.studies.engine import load_data
+
+    run_dir, _ = tiny_run
+    classifier = run_classifier(run_dir)
+    cfg = tiny_config(device)
+    test = subset(load_data(cfg.data)[1], cfg.n_test, cfg.seed)  # the study's test subset (steps.draw)
+    for kind in ("lid", "mahalanobis", "feature-squeezing"):
+        det, payload = run_detector(run_dir, f"{kind}-bim", classifier, kinds=tuple(KINDS))
+        assert det.is_fitted and det.threshold == pytest.approx(float(payload["threshold"]))
+        torch.testing.assert_close(det.score(test.x), payload["scores_clean"], rtol=1e-5, atol=1e-6)
+
+
 def test_a_constructor_parameter_recomputes_only_its_detector(tiny_run, device, tmp_path):
     run_dir = tmp_path / "copy"
     shutil.copytree(tiny_run[0], run_dir)

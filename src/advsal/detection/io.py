@@ -329,19 +329,29 @@ def run_detector(run_dir: str | Path, name: str, classifier: nn.Module, main: st
     _, stage_dir, manifest = max(same or candidates, key=lambda c: c[0])
     payload = _verified_payload(stage_dir)
     params = (manifest.get("params") or {}).get("detector") or {}
-    kinds_found = [cls for cls in DETECTOR_KINDS.values() if issubclass(cls, NetworkDetector)
-                   and set(getattr(cls, "_param_names", ())) == set(params)]
-    if len(kinds_found) != 1 or not any(k.startswith("d.") for k in payload):
-        raise DetectorFileError(f"detector {name!r} (params {params}) stores only its scores in {run_dir}, not its "
-                                "fitted state: only trained-network detectors (saliency, image, saliency-only, "
-                                "metzen, first-layer, n-plus-one) can be exported from a run; fit this one again "
-                                "and save it with advsal.detection.save_detector")
-    detector = kinds_found[0](classifier, **params)
-    if payload.get("feature_shape") is not None:
-        detector.build(tuple(payload["feature_shape"]))
-    device = model_device(classifier)
-    detector.load_state_dict({k[2:]: v.to(device) for k, v in payload.items() if k.startswith("d.")}, strict=True)
-    detector.eval()
+    kinds_found = [cls for cls in DETECTOR_KINDS.values()
+                   if set(getattr(cls, "_param_names", ())) == set(params)]
+    network = [cls for cls in kinds_found if issubclass(cls, NetworkDetector)]
+    statistic = [cls for cls in kinds_found if not issubclass(cls, NetworkDetector)]
+    if len(network) == 1 and any(k.startswith("d.") for k in payload):
+        detector = network[0](classifier, **params)
+        if payload.get("feature_shape") is not None:
+            detector.build(tuple(payload["feature_shape"]))
+        device = model_device(classifier)
+        detector.load_state_dict({k[2:]: v.to(device) for k, v in payload.items() if k.startswith("d.")},
+                                 strict=True)
+    elif len(statistic) == 1 and "state_meta" in payload:
+        detector = load_fitted_state(statistic[0](classifier, **params),
+                                     {k[2:]: v for k, v in payload.items() if k.startswith("s.")},
+                                     payload.get("state_meta", {}))
+    else:
+        raise DetectorFileError(f"detector {name!r} (params {params}) in {run_dir} holds no fitted state this "
+                                "advsal can rebuild (a run made by an older version?); re-run the study, or fit "
+                                "the detector again and save it with advsal.detection.save_detector")
+    if "threshold" in payload:
+        detector.threshold = float(payload["threshold"])
+    if hasattr(detector, "eval"):
+        detector.eval()
     return detector, payload
 
 __all__ = ["DETECTOR_KINDS", "DetectorFileError", "fitted_state", "load_detector", "load_fitted_state",
