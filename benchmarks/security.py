@@ -9,8 +9,8 @@ test images measures with :func:`advsal.detection.security.robust_detection` and
 * with ``--hardened``: the same curve for D hardened by dynamic adversary training
   (:func:`advsal.detection.hardening.harden_detector`) and for a PGD-trained classifier (Madry et al.).
 
-Run: `.venv/bin/python benchmarks/security.py [--images 100] [--steps 100] [--restarts 2] [--hardened]`
-(writes benchmarks/results/security.json).
+Run: `.venv/bin/python benchmarks/security.py [--images 100] [--steps 100] [--restarts 2] [--eps ...] [--hardened]`
+(writes benchmarks/results/security.json after each setting).
 """
 
 from __future__ import annotations
@@ -42,8 +42,11 @@ def main() -> None:
     parser.add_argument("--hardened", action="store_true")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--runs", default=str(ROOT / "runs"))
+    parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     set_quiet(True)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     cfg = Config(device=args.device)
     ctx = open_study("detection", cfg, Path(args.runs) / "bench-security")
@@ -73,6 +76,7 @@ def main() -> None:
             res = robust_detection(F, D, x, y, budgets, fpr=fpr, x_calibration=x_cal, steps=args.steps,
                                    restarts=args.restarts)
             out[name] = res.to_dict()
+            (ROOT / "benchmarks" / "results" / "security.json").write_text(json.dumps(out, indent=1))
             print(f"{name}: threshold {res.threshold:.3g} (clean FPR {res.clean_fpr}) both {res.both} fooled_any "
                   f"{res.fooled_any} robust TPR {res.robust_tpr} ({time.perf_counter() - start:.0f} s) "
                   f"winners {res.winners}", flush=True)

@@ -209,3 +209,16 @@ def test_pgd_adversarial_training_gives_a_robust_toy_classifier():
     assert all(p.requires_grad for p in model.parameters())
     xa = _pgd_linf(model, x, y, 0.2, 10, 0.05, g)
     assert float((model(xa).argmax(1) == y).float().mean()) >= 0.95
+
+
+def test_a_detector_without_gradient_is_attacked_through_the_classifier_alone():
+    class Constant(LinearD):
+        def adversarial_logit(self, x):
+            return torch.full((len(x),), -5.0)  # no graph to x
+
+        def score(self, x, batch_size=256):
+            return torch.full((len(x),), 0.1)
+
+    x, y = _pixel(0.5, 0.5, 2), torch.zeros(2, dtype=torch.long)
+    res = DetectorPGD(eps=0.15, mode="orthogonal", steps=10)(LinearF(), Constant(), x, y)
+    assert bool(res.both.all())

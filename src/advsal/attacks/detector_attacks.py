@@ -218,7 +218,8 @@ class DetectorPGD(AdaptiveAttack):
                 h_f = (margin_f + self.kappa).clamp_min(0)
                 h_d = (margin_d + self.kappa).clamp_min(0)
                 (g_f,) = torch.autograd.grad(h_f.sum(), xr, retain_graph=True)
-                (gd,) = torch.autograd.grad(h_d.sum(), xr, allow_unused=True)
+                # a detector logit without a graph to x (no gradient at all) contributes no direction
+                (gd,) = (torch.autograd.grad(h_d.sum(), xr, allow_unused=True) if h_d.requires_grad else (None,))
             g_d += torch.zeros_like(xr) if gd is None else gd
             h_d_sum += h_d.detach()
         return (h_f.detach(), h_d_sum / self.eot, g_f, g_d / self.eot, margin_f.detach(), margin_d.detach())

@@ -110,6 +110,10 @@ def security_section(rep: Any, results: dict[str, Any], nice, detector_names: di
     rep.table(["detector", "norm", "ε", "n", "threshold", "F fooled", "both", "robust TPR", "robust acc.",
                "first-round D(x_adv)", "first-round TPR@FPR"], rows)
     hard = sec.get("hardening")
+    if not hard:
+        rep.paragraph("The hardened detector (dynamic adversary training) and the PGD-trained classifier are off in "
+                      "this run (security.harden: false, the default, for the time budget); the preset "
+                      "detection-security turns them on.")
     if hard:
         pgd = hard["pgd_trained"]
         series["PGD-trained F (no detector)"] = (pgd["eps"], pgd["robust_accuracy"])
