@@ -38,8 +38,8 @@ def tuned_lines(results: dict[str, Any]) -> list[str]:
         ape, cc, area = c["ape"], c["cc_hit_rate"], c["area"]
         out.append(
             f"Held-out verdict (tuned on {t['n_tune']} images, tested on {t['n_eval']} others; "
-            f"{o['candidates']} optimised settings per method): {ro['method']} ({setting_label(ro)}) vs "
-            f"{rm['method']} ({setting_label(rm)}, T={m['threshold']:.3g}) — APE_D {ape['a']:.3f} vs {ape['b']:.3f}, "
+            f"{o['candidates']} optimised settings per method): {ro['method']} {setting_label(ro)} vs "
+            f"{rm['method']} {setting_label(rm)} at T={m['threshold']:.3g} — APE_D {ape['a']:.3f} vs {ape['b']:.3f}, "
             f"{_direction(ape, 'APE_D')} {diff_text(ape)} → {_verdict_phrase(ape)}; CC hit rate (empty = miss) "
             f"{pct_text(cc['a'])} vs {pct_text(cc['b'])}, {_direction(cc, 'CC hit rate')} {diff_text(cc, pct=True)} "
             f"→ {_verdict_phrase(cc)}; mask area {pct_text(area['a'])} vs {pct_text(area['b'])}.")
@@ -332,8 +332,9 @@ def render_explanation_report(run_dir: Path, results: dict[str, Any]) -> tuple[P
                    for tp, tm in [({p["id"]: p for p in tuned["picked"]}[c["ours"]],
                                    {p["id"]: p for p in tuned["picked"]}[c["mp"]])]],
                   caption="Paired over the held-out images: mean difference ours − MP with its 95% Student-t "
-                          "interval, Wilcoxon signed-rank test (two-sided), p Holm-corrected over this table's "
-                          f"tests; 'better'/'worse' when p_Holm < {cfg['alpha']}. This is the study's verdict on "
+                          "interval (per comparison, not multiplicity-adjusted), Wilcoxon signed-rank test "
+                          "(two-sided) on the same differences, p Holm-corrected over this table's tests; "
+                          f"'better'/'worse' when p_Holm < {cfg['alpha']}. This is the study's verdict on "
                           "'regularized vs meaningful perturbation'.")
         rep.bullets(tuned_lines(results))
     rep.heading("What the numbers say")
