@@ -85,12 +85,14 @@ class SecurityConfig:
     enabled: bool = True
     attack: str | None = None  # null: the second round's attack
     fpr: float = 0.05  # clean false-positive rate the threshold is calibrated to
-    n_images: int = 100
+    # defaults sized for ≤ 4 min on 2 CPU cores; preset detection-security: 100 images, 100 steps, 2 restarts
+    n_images: int = 50
     linf_factors: list[float] = field(default_factory=lambda: [1.0])
-    linf_eps: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2, 0.3])
-    l2_eps: list[float] = field(default_factory=lambda: [1.0, 2.0])
-    steps: int = 50
+    linf_eps: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3])
+    l2_eps: list[float] = field(default_factory=lambda: [2.0])
+    steps: int = 30
     restarts: int = 1
+    lams: list[float] = field(default_factory=lambda: [1.0])  # λ sweep of the combined and selective attacks
     baseline_images: int = 50
     baseline_steps: int = 20
     harden: bool = False
@@ -110,6 +112,8 @@ class SecurityConfig:
             require(getattr(self, name) >= 1, f"{name}", f"must be ≥ 1, got {getattr(self, name)}")
         require(self.harden_eps > 0, "harden_eps", f"must be > 0, got {self.harden_eps}")
         require(0 < self.fpr < 1, "fpr", f"must be in (0, 1), got {self.fpr}")
+        require(len(self.lams) >= 1 and all(v >= 0 for v in self.lams), "lams",
+                f"must be a non-empty list of weights ≥ 0, got {self.lams}")
 
 
 @dataclass

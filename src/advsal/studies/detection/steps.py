@@ -261,6 +261,7 @@ def security(ctx: Context, s: Any, eps: Stage, detectors: dict[str, TrainedDetec
     test images, the threshold calibrated to ``fpr`` on the other test images. L∞ budgets ``s.linf_factors`` × ε*
     and ``s.linf_eps``; L2 ``s.l2_eps`` for the ``main`` detectors only; baselines with fewer images and steps.
     One stage per detector."""
+    from ...attacks.detector_attacks import strongest_attack
     from ...detection.security import robust_detection
 
     correct = (adv_test["pred_clean"] == test.y).nonzero().flatten()
@@ -282,13 +283,18 @@ def security(ctx: Context, s: Any, eps: Stage, detectors: dict[str, TrainedDetec
             x, y = images.x.to(ctx.device), images.y.to(ctx.device)
             x_cal = test.x[calibration].to(ctx.device)
             det = trained.detector
-            curves = {norm: robust_detection(ctx.model, det, x, y, budgets, fpr=fpr, x_calibration=x_cal,
-                                             norm=norm, steps=steps, restarts=s.restarts).to_dict()
-                      for norm, budgets in (("linf", linf), ("l2", l2)) if budgets}
+            curves = {}
+            for norm, budgets in (("linf", linf), ("l2", l2)):
+                if budgets:
+                    def attacks(budget, norm=norm):
+                        return strongest_attack(budget, norm=norm, steps=steps, restarts=s.restarts, lams=s.lams)
+
+                    curves[norm] = robust_detection(ctx.model, det, x, y, budgets, fpr=fpr, x_calibration=x_cal,
+                                                    norm=norm, attacks=attacks).to_dict()
             return {"detector": name, "curves": curves}
 
         params = {"linf_factors": list(s.linf_factors), "linf_eps": list(s.linf_eps), "l2": l2, "steps": steps,
-                  "restarts": s.restarts, "fpr": fpr}
+                  "restarts": s.restarts, "lams": list(s.lams), "fpr": fpr}
         out[name] = ctx.stage(f"security-{name}", compute, params=params,
                               inputs=[ctx.classifier, images.node, test.node, eps, trained.stage])
     return out
