@@ -306,12 +306,20 @@ def render_detection_report(run_dir: Path, results: dict[str, Any]) -> tuple[Pat
                          *[per[layer]["change"] for layer in layers["layers"]]])
         rep.table(["attack", *[f"corr {lay}" for lay in layers["layers"]],
                    *[f"change {lay}" for lay in layers["layers"]]], rows)
-        corr = np.array([[layers["by_attack"][n][lay]["correlation"] for lay in layers["layers"]] for n in names])
-        monotone = bool(np.all(np.nanmean(corr, 0)[:-1] >= np.nanmean(corr, 0)[1:]))
-        verdict = ("falls monotonically with depth, as the paper claims" if monotone
-                   else "does not fall monotonically with depth")
-        rep.paragraph(f"Mean correlation per layer (shallow → deep): "
-                      f"{', '.join(f'{v:.3f}' for v in np.nanmean(corr, 0))}. Similarity {verdict}.")
+        # an attack without a successful example among the analysed images has no correlation (null in JSON)
+        corr = np.array([[np.nan if (v := layers["by_attack"][n][lay]["correlation"]) is None else v
+                          for lay in layers["layers"]] for n in names], dtype=float)
+        measured = ~np.isnan(corr)
+        if not measured.any(axis=0).all():
+            rep.paragraph("No attack produced a successful adversarial example among the analysed images for every "
+                          "layer, so the depth trend is not measured; raise `layer_images`.")
+        else:
+            mean = np.nanmean(corr, 0)
+            monotone = bool(np.all(mean[:-1] >= mean[1:]))
+            verdict = ("falls monotonically with depth, as the paper claims" if monotone
+                       else "does not fall monotonically with depth")
+            rep.paragraph(f"Mean correlation per layer (shallow → deep): "
+                          f"{', '.join(f'{v:.3f}' for v in mean)}. Similarity {verdict}.")
 
     examples = _examples_figure(run_dir, fig_dir / "examples.png", _nice)
     if examples is not None:
