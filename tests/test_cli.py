@@ -110,6 +110,18 @@ def test_bad_inputs_exit_2_with_one_line_and_write_nothing_outside(tmp_path, adv
                   "-q").returncode == 0
     (tmp_path / "afile").write_text("x")
     (tmp_path / "adir").mkdir()
+    configs = {"c-type.yaml": "n_train: abc\n", "c-data.yaml": "data: 5\n",
+               "c-steps.yaml": "second_round: {steps: 0}\n", "c-fpr.yaml": "fpr: 2.0\n",
+               "c-eps.yaml": "attacks: {fgsm: {eps: 0.1}}\n",
+               "c-attack.yaml": "second_round: {attack: nope}\n"}
+    for name, text in configs.items():
+        (tmp_path / name).write_text(text)
+    sidecars = {"list": "[1, 2]", "null": "null",
+                "huge": '{"architecture": "mnist-net", "num_classes": 1000000000000, "in_channels": 1, '
+                        '"input_size": 8}'}
+    for name, text in sidecars.items():
+        (tmp_path / f"bad-{name}.json").write_text(text)
+        (tmp_path / f"bad-{name}.safetensors").write_bytes(model.with_suffix(".safetensors").read_bytes())
     common = ["--model", str(model), "--dataset", "digits"]
     cases = [
         (["attack", *common, "--attack", "fgsm", "--eps", "0.1", "--n", "0", "--out", "a.npz"], "--n must be ≥ 1"),
@@ -124,6 +136,15 @@ def test_bad_inputs_exit_2_with_one_line_and_write_nothing_outside(tmp_path, adv
         (["run", "detection", "--preset", "nope"], "no preset 'nope'"),
         (["run", "detection", "--device", "tpu"], "device must be"),
         (["report", str(tmp_path / "adir")], "results.json not found"),
+        (["run", "detection", "--config", "c-type.yaml"], "n_train must be an integer"),
+        (["run", "detection", "--config", "c-data.yaml"], "data: expected a mapping"),
+        (["run", "detection", "--config", "c-steps.yaml"], "second_round.steps must be ≥ 1"),
+        (["run", "detection", "--config", "c-fpr.yaml"], "fpr must be in (0, 1)"),
+        (["run", "detection", "--config", "c-eps.yaml"], "is chosen by the minimal-ε search"),
+        (["run", "detection", "--config", "c-attack.yaml"], "second_round.attack must be"),
+        (["evaluate", "--model", "bad-list", "--dataset", "digits"], "must be a JSON object"),
+        (["evaluate", "--model", "bad-null", "--dataset", "digits"], "must be a JSON object"),
+        (["evaluate", "--model", "bad-huge", "--dataset", "digits"], "num_classes must be an integer in"),
     ]
     before = sorted(p.name for p in tmp_path.iterdir())
     for args, message in cases:

@@ -612,9 +612,9 @@ def main() -> None:
     try:
         code = app(standalone_mode=False)
     except (typer.Abort, KeyboardInterrupt):
-        err_console.print("advsal: aborted")
+        err_console.print("advsal: interrupted; finished stages are kept, run the same command again to resume")
         sys.exit(130)
-    except (AdvsalError, ValueError, FileNotFoundError, KeyError) as exc:
+    except AdvsalError as exc:  # only advsal's own errors: anything else is a bug and keeps its traceback
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         err_console.print(f"advsal: error: {message}", highlight=False, markup=False, soft_wrap=True)
         sys.exit(2)

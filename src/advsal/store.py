@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import RunBusyError, StoreError
+from .errors import InputError, RunBusyError, StoreError
 
 TENSORS_FILE = "tensors.safetensors"
 DATA_FILE = "data.json"
@@ -132,7 +132,7 @@ def load_payload(directory: Path) -> dict[str, Any]:
 
     out = json.loads((directory / DATA_FILE).read_text())
     if not isinstance(out, dict):
-        raise ValueError(f"{directory / DATA_FILE} holds a {type(out).__name__}, not a mapping")
+        raise InputError(f"{directory / DATA_FILE} holds a {type(out).__name__}, not a mapping")
     if (directory / TENSORS_FILE).is_file():
         out.update(load_file(str(directory / TENSORS_FILE)))
     return out
@@ -373,7 +373,7 @@ class RunStore:
         (other stages, or :class:`Source` fingerprints) and ``version`` (bump it when ``compute``'s output
         changes meaning)."""
         if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._'+=-]*$", name):
-            raise ValueError(f"stage name {name!r} must be one path component")
+            raise InputError(f"stage name {name!r} must be one path component")
         links = [(node.name, node.key) for node in inputs]
         key = _stage_key(name, params, links, version)
         final = self.root / "stages" / f"{name}-{key}"

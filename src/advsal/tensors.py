@@ -14,21 +14,23 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from .errors import InputError
+
 
 def check_images(x: torch.Tensor, name: str = "x") -> None:
     """Raise ValueError unless ``x`` is a float NCHW batch of finite pixels in [0, 1]."""
     if not isinstance(x, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor of images, got {type(x).__name__}")
+        raise InputError(f"{name} must be a torch.Tensor of images, got {type(x).__name__}")
     if x.dim() != 4:
-        raise ValueError(f"{name} must be a 4-D NCHW batch, got shape {tuple(x.shape)}; add a batch dimension "
+        raise InputError(f"{name} must be a 4-D NCHW batch, got shape {tuple(x.shape)}; add a batch dimension "
                          "with x.unsqueeze(0) for a single image")
     if not x.is_floating_point():
-        raise ValueError(f"{name} must be a float tensor with pixels in [0, 1], got dtype {x.dtype}; "
+        raise InputError(f"{name} must be a float tensor with pixels in [0, 1], got dtype {x.dtype}; "
                          "divide uint8 images by 255")
     if torch.isnan(x).any():
-        raise ValueError(f"{name} contains NaN pixels; clean or drop those images first")
+        raise InputError(f"{name} contains NaN pixels; clean or drop those images first")
     if x.numel() and (x.min() < 0 or x.max() > 1):
-        raise ValueError(f"{name} has pixels outside [0, 1] (min {x.min().item():.3g}, max {x.max().item():.3g}); "
+        raise InputError(f"{name} has pixels outside [0, 1] (min {x.min().item():.3g}, max {x.max().item():.3g}); "
                          "advsal expects un-normalised images — put mean/std normalisation inside the model "
                          "with advsal.models.Normalize")
 
@@ -36,15 +38,15 @@ def check_images(x: torch.Tensor, name: str = "x") -> None:
 def check_labels(y: torch.Tensor, n: int, num_classes: int | None = None, name: str = "y") -> None:
     """Raise ValueError unless ``y`` is an integer vector of length ``n`` with values in [0, num_classes)."""
     if not isinstance(y, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor of class indices, got {type(y).__name__}")
+        raise InputError(f"{name} must be a torch.Tensor of class indices, got {type(y).__name__}")
     if y.dim() != 1 or y.shape[0] != n:
-        raise ValueError(f"{name} must have shape ({n},) to match the batch, got {tuple(y.shape)}")
+        raise InputError(f"{name} must have shape ({n},) to match the batch, got {tuple(y.shape)}")
     if y.is_floating_point() or y.dtype == torch.bool:
-        raise ValueError(f"{name} must hold integer class indices, got dtype {y.dtype}")
+        raise InputError(f"{name} must hold integer class indices, got dtype {y.dtype}")
     if y.numel() and y.min() < 0:
-        raise ValueError(f"{name} has a negative class index ({y.min().item()})")
+        raise InputError(f"{name} has a negative class index ({y.min().item()})")
     if num_classes is not None and y.numel() and y.max() >= num_classes:
-        raise ValueError(f"{name} has class index {y.max().item()} but the model has {num_classes} classes "
+        raise InputError(f"{name} has class index {y.max().item()} but the model has {num_classes} classes "
                          f"(valid: 0..{num_classes - 1})")
 
 
@@ -98,10 +100,10 @@ def resolve_target(model: nn.Module, x: torch.Tensor, target: torch.Tensor | str
             return predict_logits(model, x).argmax(1).to(x.device)
         if target == "true":
             if labels is None:
-                raise ValueError('target="true" needs the labels: pass labels=y')
+                raise InputError('target="true" needs the labels: pass labels=y')
             check_labels(labels, n, name="labels")
             return labels.to(x.device)
-        raise ValueError(f'unknown target {target!r}: use a tensor of class indices, "predicted" or "true"')
+        raise InputError(f'unknown target {target!r}: use a tensor of class indices, "predicted" or "true"')
     if isinstance(target, int):
         return torch.full((n,), target, dtype=torch.long, device=x.device)
     if isinstance(target, torch.Tensor):
@@ -109,7 +111,7 @@ def resolve_target(model: nn.Module, x: torch.Tensor, target: torch.Tensor | str
             return target.expand(n).long().to(x.device)
         check_labels(target, n, name="target")
         return target.long().to(x.device)
-    raise ValueError(f"target must be a tensor, an int, 'predicted' or 'true', got {type(target).__name__}")
+    raise InputError(f"target must be a tensor, an int, 'predicted' or 'true', got {type(target).__name__}")
 
 
 class ReLUReplacementMode(TorchFunctionMode):
@@ -173,7 +175,7 @@ def resolve_device(spec: str | torch.device = "auto") -> torch.device:
 def batch_slices(n: int, size: int) -> list[slice]:
     """Consecutive slices of at most ``size`` covering ``range(n)`` — the one chunker for batched loops."""
     if size < 1:
-        raise ValueError(f"batch size must be ≥ 1, got {size}")
+        raise InputError(f"batch size must be ≥ 1, got {size}")
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import ImageSet
-from .errors import AdvsalError
+from .errors import AdvsalError, InputError
 from .progress import Bar
 from .tensors import model_device, predict_logits
 
@@ -79,7 +79,7 @@ def evaluate(model: nn.Module, data: ImageSet, batch_size: int = 512) -> Evaluat
     """Evaluate ``model`` on ``data`` in eval mode (the model's mode is restored afterwards)."""
     logits = predict_logits(model, data.x, batch_size)
     if logits.shape[1] != data.num_classes:
-        raise ValueError(f"model has {logits.shape[1]} outputs but {data.name} has {data.num_classes} classes")
+        raise InputError(f"model has {logits.shape[1]} outputs but {data.name} has {data.num_classes} classes")
     loss = float(F.cross_entropy(logits, data.y).item()) if len(data) else float("nan")
     pred = logits.argmax(1).numpy()
     cm = confusion_matrix(data.y.numpy(), pred, data.num_classes)
@@ -95,7 +95,7 @@ def make_optimizer(name: str, params, lr: float, weight_decay: float = 0.0, mome
         return torch.optim.RMSprop(params, lr=lr, alpha=0.9, eps=1e-7, weight_decay=weight_decay)
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+    raise InputError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
 
 
 def augment(x: torch.Tensor, shift: int = 0, flip: bool = False,
@@ -130,9 +130,9 @@ def train_classifier(model: nn.Module, train: ImageSet, val: ImageSet | None = N
         raise TrainingError(f"epochs, batch_size and lr must be positive and finite (got {epochs}, {batch_size}, "
                             f"{lr})")
     if shift < 0 or shift >= min(train.image_size):
-        raise ValueError(f"shift must be between 0 and the image size - 1, got {shift}")
+        raise InputError(f"shift must be between 0 and the image size - 1, got {shift}")
     if len(train) == 0:
-        raise ValueError(f"{train.name} is empty")
+        raise InputError(f"{train.name} is empty")
     device = model_device(model)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..detection.protocol import Detector, SaliencyInputDetector
+from ..errors import InputError
 from ..progress import Bar, is_quiet
 from ..tensors import ReLUReplacementMode, check_images, check_labels, frozen, model_device
 from .base import Attack, AttackResult, check_nonnegative, check_positive_int, perturbation_norms
@@ -75,7 +76,7 @@ class _SoftplusReLUMode(ReLUReplacementMode):
 def softplus_relus(beta: float) -> Iterator[_SoftplusReLUMode]:
     """Within the block every ReLU evaluates as softplus(β·z)/β (β → ∞ recovers the ReLU)."""
     if not beta > 0:
-        raise ValueError(f"beta must be a positive number, got {beta!r}")
+        raise InputError(f"beta must be a positive number, got {beta!r}")
     with _SoftplusReLUMode(float(beta)) as mode:
         yield mode
 
@@ -125,10 +126,10 @@ def saliency_path_gradient(classifier: nn.Module, detector: Detector, x: Tensor,
 # ------------------------------------------------------------------------------------------------ attacks
 def _check_detector(detector: object) -> None:
     if not isinstance(detector, Detector):
-        raise ValueError("detector must meet the advsal.detection.Detector protocol (is_fitted, threshold, "
+        raise InputError("detector must meet the advsal.detection.Detector protocol (is_fitted, threshold, "
                          f"score, adversarial_logit, ...), got {type(detector).__name__}")
     if not detector.is_fitted:
-        raise ValueError(f"the {type(detector).__name__} is not trained: call detector.fit(x_clean, x_adv) "
+        raise InputError(f"the {type(detector).__name__} is not trained: call detector.fit(x_clean, x_adv) "
                          "first")
 
 
@@ -136,16 +137,16 @@ def check_pair_inputs(classifier: nn.Module, x: Tensor, y: Tensor | None) -> Ten
     """Validate an attack's (classifier, x, y) as ``Attack`` does for untargeted attacks; returns the labels
     (the classifier's predictions when ``y`` is None). Call with the classifier frozen."""
     if not isinstance(classifier, nn.Module):
-        raise ValueError("classifier must be a torch nn.Module mapping images to logits, got "
+        raise InputError("classifier must be a torch nn.Module mapping images to logits, got "
                          f"{type(classifier).__name__}")
     check_images(x)
     if x.shape[0] == 0:
-        raise ValueError("x is an empty batch; pass at least one image")
+        raise InputError("x is an empty batch; pass at least one image")
     device = model_device(classifier)
     with torch.no_grad():
         probe = classifier(x[:1].to(device))
         if probe.dim() != 2:
-            raise ValueError(f"classifier must return logits of shape (N, classes), got {tuple(probe.shape)}")
+            raise InputError(f"classifier must return logits of shape (N, classes), got {tuple(probe.shape)}")
         if y is None:
             y = torch.cat([classifier(x[i:i + 512].to(device)).argmax(1).to(x.device)
                            for i in range(0, len(x), 512)])
@@ -253,7 +254,7 @@ class MetzenAttack(AdaptiveAttack):
         self.alpha = 2.5 * self.eps / self.steps if alpha is None else check_nonnegative("alpha", alpha)
         self.sigma = check_nonnegative("sigma", sigma)
         if self.sigma > 1:
-            raise ValueError(f"sigma trades off classifier and detector objectives and must be in [0, 1], "
+            raise InputError(f"sigma trades off classifier and detector objectives and must be in [0, 1], "
                              f"got {sigma}")
 
     def _run_pair(self, model, detector, x, y):
@@ -304,7 +305,7 @@ class AdaptiveSaliencyAttack(AdaptiveAttack):
         self.alpha = 2.5 * self.eps / self.steps if alpha is None else check_nonnegative("alpha", alpha)
         self.kappa = check_nonnegative("kappa", kappa)
         if not (isinstance(beta, (int, float)) and beta > 0):
-            raise ValueError(f"beta (softplus sharpness of the surrogate) must be > 0, got {beta!r}")
+            raise InputError(f"beta (softplus sharpness of the surrogate) must be > 0, got {beta!r}")
         self.beta = float(beta)
 
     def _objective(self, model, detector, x_adv: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -360,7 +361,7 @@ def attack_detector_pair(attack: AdaptiveAttack | Attack, classifier: nn.Module,
     elif isinstance(attack, Attack):
         x_adv = attack(classifier, x, y).x_adv
     else:
-        raise ValueError(f"attack must be an advsal Attack, got {type(attack).__name__}")
+        raise InputError(f"attack must be an advsal Attack, got {type(attack).__name__}")
     return evaluate_pair(classifier, evaluate_on if evaluate_on is not None else detector, x, x_adv, y)
 
 

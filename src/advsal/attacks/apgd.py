@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import InputError
 from .base import Attack, check_budget, check_positive_int
 from .gradient import NORMS, _l2_normalise, _per_image
 
@@ -43,7 +44,7 @@ def dlr_loss(logits: Tensor, y: Tensor) -> Tensor:
     """Difference of logits ratio (§4): ``DLR(x, y) = −(z_y − max_{i≠y} z_i) / (z_π1 − z_π3)``, with
     ``z_π1 ≥ z_π2 ≥ …`` the sorted logits; shift- and scale-invariant in the logits. Needs ≥ 3 classes."""
     if logits.shape[1] < 3:
-        raise ValueError(f"the DLR loss needs at least 3 classes, the model has {logits.shape[1]}; use loss='ce'")
+        raise InputError(f"the DLR loss needs at least 3 classes, the model has {logits.shape[1]}; use loss='ce'")
     top = logits.topk(3, dim=1).values
     own = logits.gather(1, y.view(-1, 1)).squeeze(1)
     other = logits.scatter(1, y.view(-1, 1), -torch.inf).amax(1)
@@ -53,7 +54,7 @@ def dlr_loss(logits: Tensor, y: Tensor) -> Tensor:
 def dlr_targeted_loss(logits: Tensor, y: Tensor, targets: Tensor) -> Tensor:
     """Targeted DLR (§4): ``−(z_y − z_t) / (z_π1 − (z_π3 + z_π4)/2)``. Needs ≥ 4 classes."""
     if logits.shape[1] < 4:
-        raise ValueError(f"the targeted DLR loss needs at least 4 classes, the model has {logits.shape[1]}; "
+        raise InputError(f"the targeted DLR loss needs at least 4 classes, the model has {logits.shape[1]}; "
                          "use loss='ce'")
     top = logits.topk(4, dim=1).values
     own = logits.gather(1, y.view(-1, 1)).squeeze(1)
@@ -165,11 +166,11 @@ class APGD(Attack):
         super().__init__(batch_size)
         self.eps = check_budget("eps", eps)
         if norm not in NORMS:
-            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+            raise InputError(f"norm must be one of {NORMS}, got {norm!r}")
         self.norm = norm
         self.steps = check_positive_int("steps", steps)
         if loss not in LOSSES:
-            raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+            raise InputError(f"loss must be one of {LOSSES}, got {loss!r}")
         self.loss = loss
         self.restarts = check_positive_int("restarts", restarts)
         self.eot = check_positive_int("eot", eot)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 import torch
 from torch import Tensor, nn
 
+from ..errors import InputError
 from .apgd import APGD, APGDT
 from .base import Attack, AttackResult, check_budget, check_positive_int
 from .gradient import NORMS
@@ -62,11 +63,11 @@ class AutoAttack(Attack):
                  batch_size: int | None = None):
         super().__init__(batch_size)
         if norm not in NORMS:
-            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+            raise InputError(f"norm must be one of {NORMS}, got {norm!r}")
         self.norm = norm
         self.eps = check_budget("eps", eps)
         if version not in VERSIONS:
-            raise ValueError(f"version must be one of {VERSIONS}, got {version!r}")
+            raise InputError(f"version must be one of {VERSIONS}, got {version!r}")
         self.version = version
         self.steps = check_positive_int("steps", steps)
         self.n_targets = check_positive_int("n_targets", n_targets)
@@ -116,7 +117,7 @@ class AutoAttack(Attack):
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor | None = None,
                  targets: Tensor | None = None) -> AutoAttackResult:
         if targets is not None:
-            raise ValueError("AutoAttack evaluates untargeted robustness; drop targets= (APGDT runs targeted "
+            raise InputError("AutoAttack evaluates untargeted robustness; drop targets= (APGDT runs targeted "
                              "APGD towards given targets)")
         self._codes = []
         try:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ..errors import InputError
 from ..progress import Bar, is_quiet
 from ..tensors import check_images, check_labels, frozen, model_device
 
@@ -76,9 +77,9 @@ def check_nonnegative(name: str, value: float) -> float:
     try:
         v = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
+        raise InputError(f"{name} must be a number, got {value!r}") from None
     if not v >= 0 or v == float("inf"):
-        raise ValueError(f"{name} must be a finite number ≥ 0, got {value!r}")
+        raise InputError(f"{name} must be a finite number ≥ 0, got {value!r}")
     return v
 
 
@@ -90,15 +91,15 @@ def check_budget(name: str, value: float | Tensor) -> float | Tensor:
     if not isinstance(value, Tensor) or value.dim() == 0:
         return check_nonnegative(name, value.item() if isinstance(value, Tensor) else value)
     if value.dim() != 1:
-        raise ValueError(f"a per-example {name} must be a 1-D tensor of shape (N,) (one budget per image), got "
+        raise InputError(f"a per-example {name} must be a 1-D tensor of shape (N,) (one budget per image), got "
                          f"shape {tuple(value.shape)}; flatten it or pass one number")
     if value.dtype == torch.bool or value.is_complex():
-        raise ValueError(f"{name} must hold real numbers, got dtype {value.dtype}")
+        raise InputError(f"{name} must hold real numbers, got dtype {value.dtype}")
     value = value.detach().float()
     bad = ~torch.isfinite(value) | (value < 0)
     if bad.any():
         i = int(bad.nonzero()[0])
-        raise ValueError(f"{name} must be finite and ≥ 0 for every example; index {i} holds "
+        raise InputError(f"{name} must be finite and ≥ 0 for every example; index {i} holds "
                          f"{float(value[i])!r} ({int(bad.sum())} bad in all) — drop those images or clamp "
                          f"with {name}.nan_to_num(0).clamp(0, max_budget)")
     return value.clone()
@@ -107,7 +108,7 @@ def check_budget(name: str, value: float | Tensor) -> float | Tensor:
 def check_positive_int(name: str, value: int, minimum: int = 1) -> int:
     """Raise ValueError unless ``value`` is an integer ≥ ``minimum`` (used for steps, restarts, ...)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer ≥ {minimum}, got {value!r}")
+        raise InputError(f"{name} must be an integer ≥ {minimum}, got {value!r}")
     return value
 
 
@@ -160,7 +161,7 @@ class Attack:
         for name in self.per_example:
             value = getattr(self, name, None)
             if isinstance(value, Tensor) and value.shape[0] != n:
-                raise ValueError(f"per-example {name} has {value.shape[0]} values but the batch has {n} images; "
+                raise InputError(f"per-example {name} has {value.shape[0]} values but the batch has {n} images; "
                                  f"pass one {name} per image (shape ({n},)) or a single number")
 
     @property
@@ -175,17 +176,17 @@ class Attack:
     def _validate(self, model: nn.Module, x: Tensor, y: Tensor | None,
                   targets: Tensor | None) -> tuple[Tensor, Tensor | None]:
         if not isinstance(model, nn.Module):
-            raise ValueError("model must be a torch nn.Module mapping images to logits, got "
+            raise InputError("model must be a torch nn.Module mapping images to logits, got "
                              f"{type(model).__name__}")
         check_images(x)
         if x.shape[0] == 0:
-            raise ValueError("x is an empty batch; pass at least one image")
+            raise InputError("x is an empty batch; pass at least one image")
         self._check_per_example(x.shape[0])
         device = model_device(model)
         with torch.no_grad():
             probe = model(x[:1].to(device))
         if probe.dim() != 2:
-            raise ValueError(f"model must return logits of shape (N, classes), got {tuple(probe.shape)}")
+            raise InputError(f"model must return logits of shape (N, classes), got {tuple(probe.shape)}")
         num_classes = probe.shape[1]
         if y is None:
             with torch.no_grad():
@@ -196,14 +197,14 @@ class Attack:
             targets = self._default_targets(model, x, y, num_classes)
         if targets is None:
             if self.requires_targets:
-                raise ValueError(f"{type(self).__name__} is a targeted attack: pass targets= (e.g. advsal."
+                raise InputError(f"{type(self).__name__} is a targeted attack: pass targets= (e.g. advsal."
                                  "attacks.random_targets(y, num_classes, seed) or least_likely_targets)")
             return y.long(), None
         check_labels(targets, x.shape[0], num_classes, name="targets")
         same = (targets.to(y.device) == y)
         if same.any():
             i = int(same.nonzero()[0])
-            raise ValueError(f"targets equal the true labels for {int(same.sum())} example(s) (first: "
+            raise InputError(f"targets equal the true labels for {int(same.sum())} example(s) (first: "
                              f"index {i}, class {int(y[i])}); a targeted attack needs a target unlike "
                              "y — use random_targets(y, ...), which never picks y")
         return y.long(), targets.long()

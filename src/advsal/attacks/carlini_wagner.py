@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..errors import InputError
 from .base import Attack, check_nonnegative, check_positive_int
 
 _BOX = 1 - 1e-6  # keeps atanh finite for pixels at exactly 0 or 1 (moves them by < L0_TOLERANCE)
@@ -54,18 +55,18 @@ class CarliniWagnerL2(Attack):
         super().__init__(batch_size)
         self.c = check_nonnegative("c", c)
         if self.c == 0:
-            raise ValueError("c must be > 0 (it weighs the misclassification term); the authors start at "
+            raise InputError("c must be > 0 (it weighs the misclassification term); the authors start at "
                              "1e-3")
         self.kappa = check_nonnegative("kappa", kappa)
         self.steps = check_positive_int("steps", steps)
         self.binary_search_steps = check_positive_int("binary_search_steps", binary_search_steps)
         self.lr = check_nonnegative("lr", lr)
         if self.lr == 0:
-            raise ValueError("lr must be > 0")
+            raise InputError("lr must be > 0")
         self.abort_early = bool(abort_early)
         self.adaptive = bool(adaptive)
         if not growth >= 1:
-            raise ValueError(f"growth (step-size factor after an improving step) must be ≥ 1, got {growth!r}")
+            raise InputError(f"growth (step-size factor after an improving step) must be ≥ 1, got {growth!r}")
         self.growth = float(growth)
         self.max_lr = check_nonnegative("max_lr", max_lr)
 

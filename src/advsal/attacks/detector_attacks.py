@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..detection.protocol import Detector
+from ..errors import InputError
 from .adaptive import (
     AdaptiveAttack,
     _bpda_saliency,
@@ -159,18 +160,18 @@ class DetectorPGD(AdaptiveAttack):
         super().__init__(batch_size)
         self.eps = check_nonnegative("eps", eps)
         if norm not in NORMS:
-            raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
+            raise InputError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
         if mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+            raise InputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         if schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+            raise InputError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
         self.norm, self.mode, self.schedule = norm, mode, schedule
         self.steps = check_positive_int("steps", steps)
         self.restarts = check_positive_int("restarts", restarts)
         self.lam = check_nonnegative("lam", lam)
         self.kappa = check_nonnegative("kappa", kappa)
         if not (isinstance(beta, (int, float)) and beta > 0):
-            raise ValueError(f"beta (softplus sharpness of the surrogate) must be > 0, got {beta!r}")
+            raise InputError(f"beta (softplus sharpness of the surrogate) must be > 0, got {beta!r}")
         self.beta = float(beta)
         self.eot = check_positive_int("eot", eot)
         self.seed = seed
@@ -320,7 +321,7 @@ class DetectorAttackEnsemble(AdaptiveAttack):
         super().__init__(batch_size)
         attacks = list(attacks)
         if not attacks or not all(isinstance(a, AdaptiveAttack) for a in attacks):
-            raise ValueError("DetectorAttackEnsemble needs a non-empty list of AdaptiveAttack objects "
+            raise InputError("DetectorAttackEnsemble needs a non-empty list of AdaptiveAttack objects "
                              "(e.g. DetectorPGD(...))")
         self.attacks = attacks
         self.fooled_any_: Tensor | None = None

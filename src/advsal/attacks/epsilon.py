@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from ..errors import InputError
 from ..tensors import check_images, check_labels, predict_logits
 from .base import Attack, check_nonnegative, check_positive_int
 
@@ -50,12 +51,12 @@ def minimal_epsilon(attack_factory: Callable[[float], Attack], model: nn.Module,
     check_images(x)
     check_labels(y, x.shape[0])
     if not 0 < max_accuracy <= 1:
-        raise ValueError(f"max_accuracy must be in (0, 1], got {max_accuracy!r}")
+        raise InputError(f"max_accuracy must be in (0, 1], got {max_accuracy!r}")
     lo, hi = check_nonnegative("lo", lo), check_nonnegative("hi", hi)
     if hi <= lo:
-        raise ValueError(f"need lo < hi, got lo={lo} and hi={hi}")
+        raise InputError(f"need lo < hi, got lo={lo} and hi={hi}")
     if not 0 < tol < 1:
-        raise ValueError(f"tol (relative bracket width) must be in (0, 1), got {tol!r}")
+        raise InputError(f"tol (relative bracket width) must be in (0, 1), got {tol!r}")
     probes: dict[float, float] = {}
 
     def accuracy(eps: float) -> float:
@@ -65,7 +66,7 @@ def minimal_epsilon(attack_factory: Callable[[float], Attack], model: nn.Module,
 
     clean = float((predict_logits(model, x).argmax(1).to(y.device) == y).float().mean())
     if accuracy(hi) >= max_accuracy:
-        raise ValueError(f"the attack leaves accuracy {probes[hi]:.3f} ≥ max_accuracy={max_accuracy} even at "
+        raise InputError(f"the attack leaves accuracy {probes[hi]:.3f} ≥ max_accuracy={max_accuracy} even at "
                          f"eps=hi={hi}; raise hi or use a stronger attack")
     if accuracy(lo) < max_accuracy:
         hi = lo
@@ -106,7 +107,7 @@ def minimal_epsilon_per_example(attack_factory: Callable[[Tensor], Attack], mode
     check_labels(y, x.shape[0])
     lo, hi = check_nonnegative("lo", lo), check_nonnegative("hi", hi)
     if hi <= lo:
-        raise ValueError(f"need lo < hi, got lo={lo} and hi={hi}")
+        raise InputError(f"need lo < hi, got lo={lo} and hi={hi}")
     steps = check_positive_int("steps", steps, minimum=0)
     n = x.shape[0]
     wrong = predict_logits(model, x).argmax(1).to(y.device) != y

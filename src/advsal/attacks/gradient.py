@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import InputError
 from .base import Attack, check_budget, check_positive_int
 
 NORMS = ("linf", "l2")
@@ -121,7 +122,7 @@ class PGD(Attack):
         self.steps = check_positive_int("steps", steps)
         self.alpha = None if alpha is None else check_budget("alpha", alpha)
         if norm not in NORMS:
-            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+            raise InputError(f"norm must be one of {NORMS}, got {norm!r}")
         self.norm = norm
         self.random_start = bool(random_start)
         self.restarts = check_positive_int("restarts", restarts)

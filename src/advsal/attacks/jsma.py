@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..errors import InputError
 from .base import Attack, check_nonnegative
 from .targets import least_likely_targets, random_targets
 
@@ -97,19 +98,19 @@ class JSMA(Attack):
         super().__init__(batch_size)
         self.theta = check_nonnegative("theta", theta)
         if not 0 < self.theta <= 1:
-            raise ValueError(f"theta must be in (0, 1] (the pixel change per selection), got {theta!r}")
+            raise InputError(f"theta must be in (0, 1] (the pixel change per selection), got {theta!r}")
         self.gamma = check_nonnegative("gamma", gamma)
         if not 0 < self.gamma <= 1:
-            raise ValueError(f"gamma must be in (0, 1] (the maximum fraction of features changed), got "
+            raise InputError(f"gamma must be in (0, 1] (the maximum fraction of features changed), got "
                              f"{gamma!r}")
         if variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+            raise InputError(f"variant must be one of {VARIANTS}, got {variant!r}")
         self.variant = variant
         if target_selection not in TARGET_SELECTIONS:
-            raise ValueError(f"target_selection must be one of {TARGET_SELECTIONS}, got {target_selection!r}")
+            raise InputError(f"target_selection must be one of {TARGET_SELECTIONS}, got {target_selection!r}")
         self.target_selection = target_selection
         if saliency_map not in SALIENCY_MAPS:
-            raise ValueError(f"saliency_map must be one of {SALIENCY_MAPS}, got {saliency_map!r}")
+            raise InputError(f"saliency_map must be one of {SALIENCY_MAPS}, got {saliency_map!r}")
         self.saliency_map = saliency_map
         self.requires_targets = target_selection == "required"
         self.seed = int(seed)

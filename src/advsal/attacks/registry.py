@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+from ..errors import InputError
 from .apgd import APGD, APGDT
 from .autoattack import AutoAttack
 from .base import Attack
@@ -45,7 +46,7 @@ def attack_parameters(name: str) -> dict[str, Any]:
 
 def _lookup(name: str) -> type[Attack]:
     if name not in ATTACKS:
-        raise ValueError(f"unknown attack {name!r}; available: {', '.join(ATTACKS)}")
+        raise InputError(f"unknown attack {name!r}; available: {', '.join(ATTACKS)}")
     return ATTACKS[name]
 
 
@@ -57,10 +58,10 @@ def make_attack(name: str, **params: Any) -> Attack:
     if unknown:
         fixed = [p for p in unknown if p in PRESETS.get(name, {})]
         hint = f" ({', '.join(fixed)} is fixed by the name {name!r})" if fixed else ""
-        raise ValueError(f"attack {name!r} has no parameter {', '.join(unknown)}{hint}; accepted: "
+        raise InputError(f"attack {name!r} has no parameter {', '.join(unknown)}{hint}; accepted: "
                          f"{', '.join(accepted)}")
     missing = [p for p, d in accepted.items() if d is inspect.Parameter.empty and p not in params]
     if missing:
-        raise ValueError(f"attack {name!r} needs {', '.join(missing)} (e.g. make_attack({name!r}, "
+        raise InputError(f"attack {name!r} needs {', '.join(missing)} (e.g. make_attack({name!r}, "
                          f"{missing[0]}=...))")
     return cls(**PRESETS.get(name, {}), **params)

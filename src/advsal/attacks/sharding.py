@@ -18,7 +18,7 @@ from itertools import pairwise
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, InputError
 from ..executor import import_ray, init_ray
 from ..tensors import model_device
 from .base import Attack, AttackResult
@@ -70,7 +70,7 @@ def craft_sharded(attack: Attack, model: nn.Module, x: Tensor, y: Tensor | None 
     if not isinstance(shards, int) or shards < 1:
         raise ConfigError(f"shards must be an integer ≥ 1, got {shards!r}")
     if x.shape[0] == 0:
-        raise ValueError("x is an empty batch; pass at least one image")
+        raise InputError("x is an empty batch; pass at least one image")
     parts = shard_slices(x.shape[0], shards)
 
     def pieces(part: slice) -> tuple[Tensor, Tensor | None, Tensor | None]:

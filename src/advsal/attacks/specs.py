@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from torch import Tensor, nn
 
+from ..errors import InputError
 from ..tensors import predict_logits
 from .base import Attack
 from .registry import make_attack
@@ -56,7 +57,7 @@ class AttackSpec:
         else:
             attack = make_attack(self.name, **dict(params), **({} if eps is None else {"eps": float(eps)}))
         if not isinstance(attack, Attack):
-            raise ValueError(f"the factory of attack {self.name!r} returned a {type(attack).__name__}, not an "
+            raise InputError(f"the factory of attack {self.name!r} returned a {type(attack).__name__}, not an "
                              "advsal Attack")
         if batch_size is not None:
             attack.batch_size = batch_size
@@ -76,12 +77,12 @@ ATTACK_SPECS: dict[str, AttackSpec] = {}
 def register_attack_spec(spec: AttackSpec) -> AttackSpec:
     """Add (or replace) ``spec`` under ``spec.name``; studies, the CLI and the report then know the attack."""
     if not isinstance(spec, AttackSpec):
-        raise ValueError(f"register_attack_spec takes an AttackSpec, got {type(spec).__name__}")
+        raise InputError(f"register_attack_spec takes an AttackSpec, got {type(spec).__name__}")
     if spec.eps_bracket is not None and not 0 <= spec.eps_bracket[0] < spec.eps_bracket[1]:
-        raise ValueError(f"attack {spec.name!r}: eps_bracket must be (lo, hi) with 0 ≤ lo < hi, got "
+        raise InputError(f"attack {spec.name!r}: eps_bracket must be (lo, hi) with 0 ≤ lo < hi, got "
                          f"{spec.eps_bracket}")
     if spec.targets not in ("none", "random"):
-        raise ValueError(f"attack {spec.name!r}: targets must be 'none' or 'random', got {spec.targets!r}")
+        raise InputError(f"attack {spec.name!r}: targets must be 'none' or 'random', got {spec.targets!r}")
     ATTACK_SPECS[spec.name] = spec
     return spec
 
@@ -89,7 +90,7 @@ def register_attack_spec(spec: AttackSpec) -> AttackSpec:
 def attack_spec(name: str) -> AttackSpec:
     """The registered spec of attack ``name`` (ValueError listing the known ones)."""
     if name not in ATTACK_SPECS:
-        raise ValueError(f"unknown attack {name!r}; registered: {', '.join(ATTACK_SPECS)}")
+        raise InputError(f"unknown attack {name!r}; registered: {', '.join(ATTACK_SPECS)}")
     return ATTACK_SPECS[name]
 
 

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import InputError
 from .base import Attack, check_budget, check_positive_int
 from .gradient import NORMS, _per_image
 
@@ -133,14 +134,14 @@ class Square(Attack):
         super().__init__(batch_size)
         self.eps = check_budget("eps", eps)
         if norm not in NORMS:
-            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+            raise InputError(f"norm must be one of {NORMS}, got {norm!r}")
         self.norm = norm
         self.n_queries = check_positive_int("n_queries", n_queries)
         if not 0 < p_init <= 1:
-            raise ValueError(f"p_init (fraction of pixels per square) must be in (0, 1], got {p_init!r}")
+            raise InputError(f"p_init (fraction of pixels per square) must be in (0, 1], got {p_init!r}")
         self.p_init = float(p_init)
         if loss not in LOSSES:
-            raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+            raise InputError(f"loss must be one of {LOSSES}, got {loss!r}")
         self.loss = loss
         self.restarts = check_positive_int("restarts", restarts)
         self.rescale_schedule = bool(rescale_schedule)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..errors import InputError
 from ..tensors import check_labels, predict_logits
 
 
 def random_targets(y: Tensor, num_classes: int, seed: int = 0) -> Tensor:
     """One target per example drawn uniformly from the classes other than its label ``y`` (seeded)."""
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(f"num_classes must be an integer ≥ 2 to pick a target other than y, got "
+        raise InputError(f"num_classes must be an integer ≥ 2 to pick a target other than y, got "
                          f"{num_classes!r}")
     check_labels(y, y.shape[0] if isinstance(y, Tensor) and y.dim() == 1 else -1, num_classes)
     generator = torch.Generator().manual_seed(int(seed))

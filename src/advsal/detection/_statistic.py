@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..errors import InputError
 from ..tensors import check_images, frozen, model_device
 from .metrics import threshold_at_fpr
 
@@ -35,7 +36,7 @@ def activation_layers(model: nn.Module, logits: bool = False) -> list[str]:
     ``"logits"`` when ``logits``; raises when the model has none (then pass layer names explicitly)."""
     names = [k for k, m in model.named_modules() if k and isinstance(m, ACTIVATIONS)]
     if not names and not logits:
-        raise ValueError("the classifier has no activation modules (nn.ReLU, …) to read features from; pass "
+        raise InputError("the classifier has no activation modules (nn.ReLU, …) to read features from; pass "
                          "layers=[...] with names from classifier.named_modules()")
     return names + ([LOGITS] if logits else [])
 
@@ -43,12 +44,12 @@ def activation_layers(model: nn.Module, logits: bool = False) -> list[str]:
 def check_layers(model: nn.Module, layers: Sequence[str]) -> list[str]:
     """Validate layer names against ``model.named_modules()`` (``"logits"`` = the model's output)."""
     if isinstance(layers, str) or not len(layers):
-        raise ValueError(f"layers must be a non-empty list of layer names, got {layers!r}")
+        raise InputError(f"layers must be a non-empty list of layer names, got {layers!r}")
     modules = dict(model.named_modules())
     for name in layers:
         if name != LOGITS and (name not in modules or name == ""):
             valid = ", ".join([k for k in modules if k] + [LOGITS])
-            raise ValueError(f"unknown layer {name!r}; valid layer names (classifier.named_modules(), or "
+            raise InputError(f"unknown layer {name!r}; valid layer names (classifier.named_modules(), or "
                              f"'{LOGITS}' for the output): {valid}")
     return list(layers)
 
@@ -63,10 +64,10 @@ def layer_activations(model: nn.Module, x: Tensor, layers: Sequence[str]) -> dic
     def capture(name: str):
         def hook(_module, _inputs, output):
             if name in acts:
-                raise ValueError(f"layer {name!r} runs more than once in one forward pass (a shared module), "
+                raise InputError(f"layer {name!r} runs more than once in one forward pass (a shared module), "
                                  "so its activation is ambiguous; pass layers that are called once")
             if not isinstance(output, Tensor):
-                raise ValueError(f"layer {name!r} returns {type(output).__name__}, not a tensor; pick another")
+                raise InputError(f"layer {name!r} returns {type(output).__name__}, not a tensor; pick another")
             acts[name] = output
         return hook
 
@@ -80,7 +81,7 @@ def layer_activations(model: nn.Module, x: Tensor, layers: Sequence[str]) -> dic
         acts[LOGITS] = out
     missing = [n for n in layers if n not in acts]
     if missing:
-        raise ValueError(f"layer(s) {missing} did not run in the classifier's forward pass; pick layers it calls")
+        raise InputError(f"layer(s) {missing} did not run in the classifier's forward pass; pick layers it calls")
     return {n: acts[n] for n in layers}
 
 
@@ -105,7 +106,7 @@ class StatisticDetector:
 
     def __init__(self, classifier: nn.Module) -> None:
         if not isinstance(classifier, nn.Module):
-            raise ValueError(f"classifier must be an nn.Module mapping images to logits, got "
+            raise InputError(f"classifier must be an nn.Module mapping images to logits, got "
                              f"{type(classifier).__name__}")
         self.classifier = classifier
         self.threshold = 0.5
@@ -138,15 +139,15 @@ class StatisticDetector:
         check_images(x_clean, "x_clean")
         check_images(x_adv, "x_adv")
         if x_clean.shape[1:] != x_adv.shape[1:]:
-            raise ValueError("x_clean and x_adv must have the same image shape, got "
+            raise InputError("x_clean and x_adv must have the same image shape, got "
                              f"{tuple(x_clean.shape[1:])} and {tuple(x_adv.shape[1:])}")
         if len(x_clean) < 2 or len(x_adv) < 1:
-            raise ValueError(f"fit needs at least 2 clean and 1 adversarial images, got {len(x_clean)} and "
+            raise InputError(f"fit needs at least 2 clean and 1 adversarial images, got {len(x_clean)} and "
                              f"{len(x_adv)}")
         if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
+            raise InputError(f"batch_size must be positive, got {batch_size}")
         if cv is not None and (isinstance(cv, bool) or not isinstance(cv, int) or cv < 2):
-            raise ValueError(f"cv must be a number of folds ≥ 2, or None for no cross-validation; got {cv!r}")
+            raise InputError(f"cv must be a number of folds ≥ 2, or None for no cross-validation; got {cv!r}")
         with torch.no_grad():
             s_clean, s_adv = self._fit_statistics(x_clean, x_adv, y_clean, batch_size, seed)
         self._fit_logistic(s_clean, s_adv, cv, seed)
@@ -157,7 +158,7 @@ class StatisticDetector:
 
         s = torch.cat([s_clean, s_adv]).detach().double().cpu().numpy()
         if not np.isfinite(s).all():
-            raise ValueError(f"{type(self).__name__}: the training statistics contain NaN or infinite values "
+            raise InputError(f"{type(self).__name__}: the training statistics contain NaN or infinite values "
                              "(duplicate images or a degenerate layer?); check the inputs or choose other layers")
         y = np.concatenate([np.zeros(len(s_clean)), np.ones(len(s_adv))])
         mean, std = s.mean(0), s.std(0)
@@ -239,7 +240,7 @@ def check_positive(value: float, name: str, integer: bool = False) -> None:
     bad = (not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value) or value <= 0
            or (integer and int(value) != value))
     if bad:
-        raise ValueError(f"{name} must be a positive {'integer' if integer else 'number'}, got {value!r}")
+        raise InputError(f"{name} must be a positive {'integer' if integer else 'number'}, got {value!r}")
 
 
 __all__ = ["ACTIVATIONS", "LOGITS", "StatisticDetector", "activation_layers", "check_layers", "check_positive",

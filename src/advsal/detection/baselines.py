@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import InputError
 from ..progress import Bar
 from ..tensors import check_labels, frozen
 from ._statistic import (
@@ -68,13 +69,13 @@ def lid_mle(queries: Tensor, reference: Tensor, k: int = 20, exclude: Tensor | N
     check_positive(k, "k", integer=True)
     q, r = queries.flatten(1), reference.flatten(1)
     if q.shape[1] != r.shape[1]:
-        raise ValueError(f"queries and reference have different feature sizes: {q.shape[1]} and {r.shape[1]}")
+        raise InputError(f"queries and reference have different feature sizes: {q.shape[1]} and {r.shape[1]}")
     d2 = squared_distances(q, r)
     mask = _exclusion_mask(len(q), len(r), exclude, d2.device)
     candidates = len(r) - (1 if exclude is not None and bool((exclude >= 0).any()) else 0)
     kk = min(int(k), candidates)
     if kk < 2:
-        raise ValueError(f"LID needs at least 2 neighbours per point, the reference has {len(r)}; use a bigger "
+        raise InputError(f"LID needs at least 2 neighbours per point, the reference has {len(r)}; use a bigger "
                          "reference batch")
     if mask is not None:
         d2 = d2.masked_fill(mask, math.inf)
@@ -135,7 +136,7 @@ class LIDDetector(StatisticDetector):
         check_positive(self.k, "k", integer=True)
         check_positive(self.minibatch, "minibatch", integer=True)
         if self.minibatch < 3:
-            raise ValueError(f"minibatch must be at least 3 (LID needs 2 neighbours), got {self.minibatch}")
+            raise InputError(f"minibatch must be at least 3 (LID needs 2 neighbours), got {self.minibatch}")
         layers = self._layer_names()
         paired = len(x_clean) == len(x_adv)
         gen = torch.Generator().manual_seed(seed)
@@ -217,7 +218,7 @@ class MahalanobisDetector(StatisticDetector):
 
     def _fit_statistics(self, x_clean, x_adv, y_clean, batch_size, seed):
         if not isinstance(self.noise, (int, float)) or isinstance(self.noise, bool) or not self.noise >= 0:
-            raise ValueError(f"noise must be a non-negative number (pixel units), got {self.noise!r}")
+            raise InputError(f"noise must be a non-negative number (pixel units), got {self.noise!r}")
         layers = self._layer_names()
         device = self.device
         if y_clean is None:
@@ -286,7 +287,7 @@ _DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropo
 def _last_linear(model: nn.Module) -> tuple[str, nn.Module]:
     linears = [(k, m) for k, m in model.named_modules() if isinstance(m, nn.Linear)]
     if not linears:
-        raise ValueError("the classifier has no nn.Linear layer whose input is the last hidden layer; pass "
+        raise InputError("the classifier has no nn.Linear layer whose input is the last hidden layer; pass "
                          "layer=<name> (from classifier.named_modules()) for KDBUDetector's features")
     return linears[-1]
 
@@ -333,7 +334,7 @@ class KDBUDetector(StatisticDetector):
         check_positive(self.bandwidth, "bandwidth")
         check_positive(self.mc_samples, "mc_samples", integer=True)
         if not isinstance(self.dropout, (int, float)) or not 0.0 < self.dropout < 1.0:
-            raise ValueError(f"dropout must be a probability in (0, 1), got {self.dropout!r}")
+            raise InputError(f"dropout must be a probability in (0, 1), got {self.dropout!r}")
         if self.layer is not None:
             check_layers(self.classifier, [self.layer])
 
@@ -385,9 +386,9 @@ class KDBUDetector(StatisticDetector):
         finally:
             handle.remove()
         if len(captured) == 0:
-            raise ValueError("the feature layer did not run in the classifier's forward pass; pass another layer")
+            raise InputError("the feature layer did not run in the classifier's forward pass; pass another layer")
         if out.shape[0] != n or mc.shape[0] != t * n:
-            raise ValueError("the classifier's output does not keep one row per input after the feature layer; "
+            raise InputError("the classifier's output does not keep one row per input after the feature layer; "
                              "pass layer=<name> of a layer whose successors work row by row")
         z = captured[0][:n].flatten(1)
         probs = F.softmax(mc.double(), 1).reshape(t, n, -1)

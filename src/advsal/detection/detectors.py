@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import InputError
 from ..models import Normalize, build_model
 from ..progress import Bar
 from ..saliency import gradient
@@ -58,10 +59,10 @@ class DetectorHistory:
 
 def _check_features(f: Tensor, name: str) -> None:
     if not isinstance(f, Tensor) or f.dim() != 4 or not f.is_floating_point():
-        raise ValueError(f"{name} must be a float (N, C, H, W) tensor of detector inputs, got "
+        raise InputError(f"{name} must be a float (N, C, H, W) tensor of detector inputs, got "
                          f"{type(f).__name__ if not isinstance(f, Tensor) else tuple(f.shape)}")
     if not torch.isfinite(f).all():
-        raise ValueError(f"{name} contains NaN or infinite values; recompute the detector inputs")
+        raise InputError(f"{name} contains NaN or infinite values; recompute the detector inputs")
 
 
 def _mark_fitted(module: nn.Module, incompatible_keys) -> None:
@@ -107,7 +108,7 @@ class NetworkDetector(nn.Module):
     # -- the classifier is referenced, not owned (kept out of parameters() and state_dict()) --
     def _set_classifier(self, classifier: nn.Module) -> None:
         if not isinstance(classifier, nn.Module):
-            raise ValueError(f"classifier must be an nn.Module mapping images to logits, got "
+            raise InputError(f"classifier must be an nn.Module mapping images to logits, got "
                              f"{type(classifier).__name__}")
         object.__setattr__(self, "classifier", classifier)
 
@@ -120,7 +121,7 @@ class NetworkDetector(nn.Module):
     def threshold(self, value: float) -> None:
         v = float(value)
         if math.isnan(v):
-            raise ValueError("threshold must be a number, got NaN")
+            raise InputError("threshold must be a number, got NaN")
         self._threshold.fill_(v)
 
     @property
@@ -195,7 +196,7 @@ class NetworkDetector(nn.Module):
         check_images(x_clean, "x_clean")
         check_images(x_adv, "x_adv")
         if x_clean.shape[1:] != x_adv.shape[1:]:
-            raise ValueError("x_clean and x_adv must have the same image shape, got "
+            raise InputError("x_clean and x_adv must have the same image shape, got "
                              f"{tuple(x_clean.shape[1:])} and {tuple(x_adv.shape[1:])}")
         return self.fit_features(self.build_features(x_clean), self.build_features(x_adv), y_clean=y_clean,
                                  epochs=epochs, lr=lr, batch_size=batch_size, val_fraction=val_fraction,
@@ -217,14 +218,14 @@ class NetworkDetector(nn.Module):
         _check_features(f_clean, "f_clean")
         _check_features(f_adv, "f_adv")
         if f_clean.shape[1:] != f_adv.shape[1:]:
-            raise ValueError(f"clean and adversarial inputs differ in shape: {tuple(f_clean.shape[1:])} vs "
+            raise InputError(f"clean and adversarial inputs differ in shape: {tuple(f_clean.shape[1:])} vs "
                              f"{tuple(f_adv.shape[1:])}")
         if len(f_clean) == 0 or len(f_adv) == 0:
-            raise ValueError(f"fit needs clean and adversarial examples, got {len(f_clean)} and {len(f_adv)}")
+            raise InputError(f"fit needs clean and adversarial examples, got {len(f_clean)} and {len(f_adv)}")
         if epochs < 1 or batch_size < 1 or not lr > 0:
-            raise ValueError(f"epochs, batch_size and lr must be positive, got {epochs}, {batch_size}, {lr}")
+            raise InputError(f"epochs, batch_size and lr must be positive, got {epochs}, {batch_size}, {lr}")
         if not 0.0 <= val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+            raise InputError(f"val_fraction must be in [0, 1), got {val_fraction}")
         if y_clean is not None:
             check_labels(y_clean, len(f_clean), name="y_clean")
         device = self.device
@@ -235,7 +236,7 @@ class NetworkDetector(nn.Module):
         perm_a = perm_c.clone() if len(f_adv) == len(f_clean) else torch.randperm(len(f_adv), generator=gen)
         nv_c, nv_a = int(round(val_fraction * len(f_clean))), int(round(val_fraction * len(f_adv)))
         if val_fraction > 0 and (nv_c == len(f_clean) or nv_a == len(f_adv)):
-            raise ValueError("val_fraction leaves no training examples; lower it or pass more data")
+            raise InputError("val_fraction leaves no training examples; lower it or pass more data")
         idx_c_val, idx_c_tr = perm_c[:nv_c], perm_c[nv_c:]
         idx_a_val, idx_a_tr = perm_a[:nv_a] + len(f_clean), perm_a[nv_a:] + len(f_clean)
         feats = torch.cat([f_clean.to(device), f_adv.to(device)])
@@ -333,7 +334,7 @@ class NetworkDetector(nn.Module):
 
 def _square_size(shape: tuple[int, ...], what: str) -> int:
     if len(shape) != 3 or shape[1] != shape[2]:
-        raise ValueError(f"{what} inputs must be square (C, H, H) for a zoo detector network, got {shape}; "
+        raise InputError(f"{what} inputs must be square (C, H, H) for a zoo detector network, got {shape}; "
                          "use arch=None (the size-agnostic conv detector) for other shapes")
     return shape[1]
 
@@ -361,13 +362,13 @@ class SaliencyDetector(NetworkDetector):
         super().__init__()
         self._set_classifier(classifier)
         if input not in INPUTS:
-            raise ValueError(f"unknown input {input!r}; choose one of {', '.join(INPUTS)}")
+            raise InputError(f"unknown input {input!r}; choose one of {', '.join(INPUTS)}")
         if saliency_score not in ("logit", "log_softmax", "softmax"):
-            raise ValueError(f"unknown saliency_score {saliency_score!r}; choose logit, log_softmax or "
+            raise InputError(f"unknown saliency_score {saliency_score!r}; choose logit, log_softmax or "
                              "softmax")
         if not (saliency_target == "predicted" or (isinstance(saliency_target, int)
                                                    and not isinstance(saliency_target, bool))):
-            raise ValueError(f"saliency_target must be 'predicted' or a class index, got {saliency_target!r} "
+            raise InputError(f"saliency_target must be 'predicted' or a class index, got {saliency_target!r} "
                              "(true labels are unknown when a detector runs)")
         self.arch = arch
         self.input = input
@@ -452,7 +453,7 @@ class FeatureDetector(NetworkDetector):
         modules = dict(classifier.named_modules())
         if layer not in modules or layer == "":
             valid = ", ".join(k for k in modules if k)
-            raise ValueError(f"unknown layer {layer!r}; valid layer names (classifier.named_modules()): "
+            raise InputError(f"unknown layer {layer!r}; valid layer names (classifier.named_modules()): "
                              f"{valid}")
         self.layer = layer
         self.arch = arch
@@ -477,10 +478,10 @@ class FeatureDetector(NetworkDetector):
         finally:
             handle.remove()
         if not captured:
-            raise ValueError(f"layer {self.layer!r} was not called in the classifier's forward pass")
+            raise InputError(f"layer {self.layer!r} was not called in the classifier's forward pass")
         out = captured[0]
         if out.dim() != 4:
-            raise ValueError(f"layer {self.layer!r} outputs shape {tuple(out.shape)}; pick a convolutional "
+            raise InputError(f"layer {self.layer!r} outputs shape {tuple(out.shape)}; pick a convolutional "
                              "layer with (N, K, h, w) feature maps")
         return out
 
@@ -500,7 +501,7 @@ class FeatureDetector(NetworkDetector):
 def _last_linear(model: nn.Module) -> tuple[str, nn.Linear]:
     linears = [(k, m) for k, m in model.named_modules() if isinstance(m, nn.Linear)]
     if not linears:
-        raise ValueError("NPlusOneDetector needs a classifier whose last layer is an nn.Linear (to add the "
+        raise InputError("NPlusOneDetector needs a classifier whose last layer is an nn.Linear (to add the "
                          "adversarial class)")
     return linears[-1]
 

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..errors import InputError
 from ..tensors import check_images, check_labels
 from .protocol import Detector
 
@@ -56,9 +57,9 @@ def harden_detector(classifier: nn.Module, detector: Detector, x: Tensor, y: Ten
     check_images(x)
     check_labels(y, len(x), name="y")
     if not detector.is_fitted:
-        raise ValueError("harden_detector starts from a trained detector: call detector.fit(x_clean, x_adv) first")
+        raise InputError("harden_detector starts from a trained detector: call detector.fit(x_clean, x_adv) first")
     if rounds < 1 or steps < 1 or epochs < 1:
-        raise ValueError(f"rounds, steps and epochs must be ≥ 1, got {rounds}, {steps}, {epochs}")
+        raise InputError(f"rounds, steps and epochs must be ≥ 1, got {rounds}, {steps}, {epochs}")
     memo = {id(classifier): classifier}
     det = copy.deepcopy(detector, memo)
     pool = [x_adv_static] if x_adv_static is not None else []

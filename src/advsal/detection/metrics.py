@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 
+from ..errors import InputError
+
 ArrayLike = torch.Tensor | np.ndarray | Sequence[float]
 
 
@@ -24,9 +26,9 @@ def _vector(values: ArrayLike, name: str) -> np.ndarray:
     if arr.ndim == 2 and 1 in arr.shape:  # (N, 1) scores from a single-output network
         arr = arr.reshape(-1)
     if arr.ndim != 1:
-        raise ValueError(f"{name} must be a 1-D vector of per-example values, got shape {arr.shape}")
+        raise InputError(f"{name} must be a 1-D vector of per-example values, got shape {arr.shape}")
     if np.isnan(arr).any():
-        raise ValueError(f"{name} contains NaN; score every example before computing metrics")
+        raise InputError(f"{name} contains NaN; score every example before computing metrics")
     return arr
 
 
@@ -34,11 +36,11 @@ def _scores_labels(scores: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np
     s = _vector(scores, "scores")
     y = _vector(labels, "labels")
     if s.shape != y.shape:
-        raise ValueError(f"scores and labels must have the same length, got {s.shape[0]} and {y.shape[0]}")
+        raise InputError(f"scores and labels must have the same length, got {s.shape[0]} and {y.shape[0]}")
     if not np.isin(y, (0, 1)).all():
-        raise ValueError("labels must be 0 (clean) or 1 (adversarial)")
+        raise InputError("labels must be 0 (clean) or 1 (adversarial)")
     if not (y == 0).any() or not (y == 1).any():
-        raise ValueError("labels must contain both clean (0) and adversarial (1) examples for a ROC/AUROC")
+        raise InputError("labels must contain both clean (0) and adversarial (1) examples for a ROC/AUROC")
     return s, y.astype(bool)
 
 
@@ -98,9 +100,9 @@ def threshold_at_fpr(scores_clean: ArrayLike, fpr: float = 0.05) -> float:
     """
     c = _vector(scores_clean, "scores_clean")
     if not 0.0 <= fpr <= 1.0:
-        raise ValueError(f"fpr must be a rate in [0, 1], got {fpr}")
+        raise InputError(f"fpr must be a rate in [0, 1], got {fpr}")
     if len(c) == 0:
-        raise ValueError("scores_clean is empty; a threshold needs clean scores to calibrate on")
+        raise InputError("scores_clean is empty; a threshold needs clean scores to calibrate on")
     k = int(np.floor(fpr * len(c) + 1e-9))
     if k >= len(c):
         return float("-inf")
@@ -142,7 +144,7 @@ def detection_rates(scores_clean: ArrayLike, scores_adv: ArrayLike, threshold: f
     c = _vector(scores_clean, "scores_clean")
     a = _vector(scores_adv, "scores_adv")
     if len(c) == 0 or len(a) == 0:
-        raise ValueError(f"detection_rates needs clean and adversarial scores, got {len(c)} and {len(a)}")
+        raise InputError(f"detection_rates needs clean and adversarial scores, got {len(c)} and {len(a)}")
     tn = int((c <= threshold).sum())
     tp = int((a > threshold).sum())
     tnr, tpr = tn / len(c), tp / len(a)

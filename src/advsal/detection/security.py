@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..errors import InputError
 from ..tensors import check_images, check_labels
 from .protocol import Detector
 
@@ -88,9 +89,9 @@ def robust_detection(classifier: nn.Module, detector: Detector, x: Tensor, y: Te
     check_labels(y, len(x), name="y")
     eps = [float(e) for e in eps]
     if not eps or any(not math.isfinite(e) or e < 0 for e in eps):
-        raise ValueError(f"eps must be a non-empty list of budgets ≥ 0, got {eps}")
+        raise InputError(f"eps must be a non-empty list of budgets ≥ 0, got {eps}")
     if fpr is not None and (x_calibration is None or not 0 < fpr < 1):
-        raise ValueError("a calibrated threshold needs held-out clean images x_calibration and a rate fpr in "
+        raise InputError("a calibrated threshold needs held-out clean images x_calibration and a rate fpr in "
                          f"(0, 1) (got fpr={fpr}); pass fpr=None to use the detector's own threshold")
     build = attacks or _default_attacks(norm, steps, restarts, seed)
     original = detector.threshold
@@ -113,7 +114,7 @@ def robust_detection(classifier: nn.Module, detector: Detector, x: Tensor, y: Te
             else:
                 attack = build(e)
                 if not isinstance(attack, AdaptiveAttack):
-                    raise ValueError(f"attacks(eps) must return an AdaptiveAttack, got {type(attack).__name__}")
+                    raise InputError(f"attacks(eps) must return an AdaptiveAttack, got {type(attack).__name__}")
                 out = attack(classifier, detector, x, y)
                 fooled_any = getattr(attack, "fooled_any_", None)
                 fooled_any = out.fooled_f if fooled_any is None else (fooled_any.to(out.fooled_f.device)

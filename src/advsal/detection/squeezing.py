@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import InputError
 from ..tensors import check_images, frozen, model_device
 from ._statistic import check_positive
 from .metrics import threshold_at_fpr
@@ -42,11 +43,11 @@ def median_smooth(x: Tensor, size: int = 2) -> Tensor:
     check_positive(size, "size", integer=True)
     size = int(size)
     if x.dim() != 4:
-        raise ValueError(f"median_smooth needs an (N, C, H, W) batch, got shape {tuple(x.shape)}")
+        raise InputError(f"median_smooth needs an (N, C, H, W) batch, got shape {tuple(x.shape)}")
     h, w = x.shape[-2:]
     before, after = size // 2, size - 1 - size // 2
     if max(before, after) > min(h, w):
-        raise ValueError(f"median window {size} is larger than the {h}x{w} image")
+        raise InputError(f"median window {size} is larger than the {h}x{w} image")
     xp = x.index_select(2, _reflect_index(h, before, after, x.device))
     xp = xp.index_select(3, _reflect_index(w, before, after, x.device))
     patches = xp.unfold(2, size, 1).unfold(3, size, 1).reshape(*x.shape, size * size)
@@ -78,7 +79,7 @@ class FeatureSqueezingDetector:
     def __init__(self, classifier: nn.Module, bit_depth: int | None = 1, median_size: int | None = 2,
                  fpr: float = 0.05):
         if not isinstance(classifier, nn.Module):
-            raise ValueError(f"classifier must be an nn.Module mapping images to logits, got "
+            raise InputError(f"classifier must be an nn.Module mapping images to logits, got "
                              f"{type(classifier).__name__}")
         self.classifier = classifier
         self.bit_depth = bit_depth
@@ -109,7 +110,7 @@ class FeatureSqueezingDetector:
         if self.median_size is not None:
             out[f"median_{self.median_size}x{self.median_size}"] = lambda x: median_smooth(x, self.median_size)
         if not out:
-            raise ValueError("FeatureSqueezingDetector needs at least one squeezer: set bit_depth or median_size")
+            raise InputError("FeatureSqueezingDetector needs at least one squeezer: set bit_depth or median_size")
         return out
 
     def distances(self, x: Tensor) -> Tensor:
@@ -150,10 +151,10 @@ class FeatureSqueezingDetector:
         """Threshold at ``self.fpr`` false positives on ``x_clean`` (§VI-A); ``x_adv`` is not used. Returns
         self."""
         if not isinstance(self.fpr, (int, float)) or math.isnan(self.fpr) or not 0.0 <= self.fpr <= 1.0:
-            raise ValueError(f"fpr must be a rate in [0, 1], got {self.fpr!r}")
+            raise InputError(f"fpr must be a rate in [0, 1], got {self.fpr!r}")
         check_images(x_clean, "x_clean")
         if len(x_clean) == 0:
-            raise ValueError("fit needs clean images to set the threshold on")
+            raise InputError("fit needs clean images to set the threshold on")
         scores = self.score(x_clean, batch_size)
         self.threshold = threshold_at_fpr(scores, self.fpr)
         self.clean_fpr_ = float((scores > self.threshold).float().mean())

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import InputError
 from ..tensors import check_images, frozen, model_device, resolve_target
 
 Target = torch.Tensor | str | int
@@ -54,7 +55,7 @@ def binarize(diff: torch.Tensor, tol: float = 0.0) -> torch.Tensor:
     """Eq. 1: ``B(f)(x) = 1`` where ``|f(x)| > tol`` (``tol = 0``: where ``f(x) ≠ 0``), as a float 0/1
     tensor."""
     if tol < 0:
-        raise ValueError(f"tol must be ≥ 0, got {tol}")
+        raise InputError(f"tol must be ≥ 0, got {tol}")
     return (diff.abs() > tol).to(diff.dtype if diff.is_floating_point() else torch.float32)
 
 
@@ -70,7 +71,7 @@ def total_variation(maps: torch.Tensor, beta: float = 1.0, normalize: bool = Tru
     With ``normalize`` (the APE convention) the sum is divided by the number of elements C·H·W.
     """
     if maps.dim() != 4:
-        raise ValueError(f"total_variation needs (batch, C, H, W) maps, got shape {tuple(maps.shape)}")
+        raise InputError(f"total_variation needs (batch, C, H, W) maps, got shape {tuple(maps.shape)}")
     dx = (maps[..., :, 1:] - maps[..., :, :-1]).abs()
     dy = (maps[..., 1:, :] - maps[..., :-1, :]).abs()
     if beta != 1.0:
@@ -86,7 +87,7 @@ def smooth_support(diff: torch.Tensor, gamma: float = 30.0, eps: float = 0.01) -
     tends to the binarisation of Eq. 1 with tolerance ε as γ grows. The paper uses γ = 30, ε = 0.01.
     """
     if gamma <= 0 or eps < 0:
-        raise ValueError(f"smooth_support needs gamma > 0 and eps ≥ 0, got gamma={gamma}, eps={eps}")
+        raise InputError(f"smooth_support needs gamma > 0 and eps ≥ 0, got gamma={gamma}, eps={eps}")
     return torch.tanh(0.5 * gamma * (diff.abs() - eps))
 
 
@@ -100,14 +101,14 @@ def _check_pair(x: torch.Tensor, x_hat: torch.Tensor) -> None:
     check_images(x, "x")
     check_images(x_hat, "x_hat")
     if x.shape != x_hat.shape:
-        raise ValueError(f"x and x_hat must have the same shape, got {tuple(x.shape)} and "
+        raise InputError(f"x and x_hat must have the same shape, got {tuple(x.shape)} and "
                          f"{tuple(x_hat.shape)}")
 
 
 def _check_weights(weights: Sequence[float]) -> tuple[float, float, float]:
     w = tuple(float(v) for v in weights)
     if len(w) != 3 or any(v < 0 for v in w):
-        raise ValueError(f"weights must be three non-negative numbers (α_sp, α_sm, α_cl), "
+        raise InputError(f"weights must be three non-negative numbers (α_sp, α_sm, α_cl), "
                          f"got {tuple(weights)}")
     return w  # type: ignore[return-value]
 

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from ..errors import InputError
+
 
 @dataclass
 class LocalizationScores:
@@ -42,13 +44,13 @@ class LocalizationScores:
 
 def _pixel_maps(t: torch.Tensor, name: str, n: int | None = None) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
-        raise ValueError(f"{name} must be a tensor, got {type(t).__name__}")
+        raise InputError(f"{name} must be a tensor, got {type(t).__name__}")
     if t.dim() == 4:
         t = t.any(1) if t.dtype == torch.bool else t.abs().sum(1)
     if t.dim() != 3:
-        raise ValueError(f"{name} must have shape (N, H, W) or (N, C, H, W), got {tuple(t.shape)}")
+        raise InputError(f"{name} must have shape (N, H, W) or (N, C, H, W), got {tuple(t.shape)}")
     if n is not None and t.shape[0] != n:
-        raise ValueError(f"{name} has {t.shape[0]} maps but {n} were expected")
+        raise InputError(f"{name} has {t.shape[0]} maps but {n} were expected")
     return t.detach().cpu()
 
 
@@ -56,7 +58,7 @@ def _pair(mask: torch.Tensor, gt: torch.Tensor, mask_name: str = "mask") -> tupl
     gt = _pixel_maps(gt, "gt").to(torch.bool)
     m = _pixel_maps(mask, mask_name, gt.shape[0])
     if m.shape != gt.shape:
-        raise ValueError(f"{mask_name} of shape {tuple(m.shape)} and gt of shape {tuple(gt.shape)} must "
+        raise InputError(f"{mask_name} of shape {tuple(m.shape)} and gt of shape {tuple(gt.shape)} must "
                          "cover the same pixels; resize the ground-truth masks to the image size")
     return m, gt
 
@@ -66,7 +68,7 @@ def _structure(connectivity: int) -> np.ndarray:
         return np.ones((3, 3), dtype=bool)
     if connectivity == 4:
         return ndimage.generate_binary_structure(2, 1)
-    raise ValueError(f"connectivity must be 4 or 8, got {connectivity}")
+    raise InputError(f"connectivity must be 4 or 8, got {connectivity}")
 
 
 def connected_components(mask: torch.Tensor, connectivity: int = 8) -> torch.Tensor:
@@ -95,7 +97,7 @@ def pointing_game(saliency: torch.Tensor, gt: torch.Tensor, tolerance: int = 0) 
     """Per example 1.0 if a maximum of ``saliency`` lies inside ``gt`` (dilated by ``tolerance`` pixels),
     else 0.0; NaN for a constant map."""
     if tolerance < 0:
-        raise ValueError(f"tolerance must be ≥ 0 pixels, got {tolerance}")
+        raise InputError(f"tolerance must be ≥ 0 pixels, got {tolerance}")
     s, g = _pair(saliency, gt, "saliency")
     s = s.to(torch.float32)
     if tolerance:

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import InputError
 from ..progress import Bar
 from ..tensors import check_images, frozen, model_device, resolve_target
 from .ape import APEResult, Target, _check_weights, ape_d, class_probability, total_variation
@@ -95,7 +96,7 @@ def deletion_image(x: torch.Tensor, deletion: str | torch.Tensor = "blur",
     if isinstance(deletion, torch.Tensor):
         check_images(deletion, "deletion")
         if deletion.shape != x.shape:
-            raise ValueError(f"a deletion image tensor must have the images' shape {tuple(x.shape)}, "
+            raise InputError(f"a deletion image tensor must have the images' shape {tuple(x.shape)}, "
                              f"got {tuple(deletion.shape)}")
         return deletion.to(x.device, x.dtype)
     if deletion == "min":
@@ -103,7 +104,7 @@ def deletion_image(x: torch.Tensor, deletion: str | torch.Tensor = "blur",
     if deletion == "blur":
         sigma = 10.0 * x.shape[2] / 224.0 if blur_sigma is None else float(blur_sigma)
         return gaussian_blur(x, sigma).clamp(0.0, 1.0)
-    raise ValueError(f"unknown deletion {deletion!r}: use 'min', 'blur' or a tensor of deletion images")
+    raise InputError(f"unknown deletion {deletion!r}: use 'min', 'blur' or a tensor of deletion images")
 
 
 def meaningful_perturbation(model: nn.Module, x: torch.Tensor, target: Target = "predicted", *,
@@ -115,12 +116,12 @@ def meaningful_perturbation(model: nn.Module, x: torch.Tensor, target: Target = 
     docstring)."""
     check_images(x)
     if steps < 0 or not lr > 0:
-        raise ValueError(f"steps must be ≥ 0 and lr > 0, got steps={steps}, lr={lr}")
+        raise InputError(f"steps must be ≥ 0 and lr > 0, got steps={steps}, lr={lr}")
     if l1_coeff < 0 or tv_coeff < 0 or tv_beta <= 0:
-        raise ValueError(f"l1_coeff and tv_coeff must be ≥ 0 and tv_beta > 0, got {l1_coeff}, {tv_coeff}, "
+        raise InputError(f"l1_coeff and tv_coeff must be ≥ 0 and tv_beta > 0, got {l1_coeff}, {tv_coeff}, "
                          f"{tv_beta}")
     if int(mask_scale) != mask_scale or mask_scale < 1:
-        raise ValueError(f"mask_scale must be a positive integer (8 = F&V's 28×28 mask for 224×224), "
+        raise InputError(f"mask_scale must be a positive integer (8 = F&V's 28×28 mask for 224×224), "
                          f"got {mask_scale}")
     target = resolve_target(model, x, target, labels)
     device = model_device(model)
@@ -183,13 +184,13 @@ def scan_threshold(model: nn.Module, explanation: MeaningfulExplanation,
     w = _check_weights(weights)
     if isinstance(thresholds, int):
         if thresholds < 1:
-            raise ValueError(f"thresholds must be a positive count or a list of values, got {thresholds}")
+            raise InputError(f"thresholds must be a positive count or a list of values, got {thresholds}")
         grid = torch.arange(thresholds, dtype=torch.float64) / thresholds
     else:
         grid = torch.as_tensor(list(thresholds) if not isinstance(thresholds, torch.Tensor) else thresholds,
                                dtype=torch.float64).flatten()
         if grid.numel() == 0 or grid.min() < 0 or grid.max() >= 1:
-            raise ValueError("thresholds must be a non-empty list of values in [0, 1)")
+            raise InputError("thresholds must be a non-empty list of values in [0, 1)")
     grid = grid.sort().values
     totals = []
     for t in grid.tolist():

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..errors import InputError
 from ..progress import Bar
 from ..tensors import check_images, frozen, model_device, resolve_target
 from .ape import APEResult, Target, _check_weights, ape_d, smooth_support, total_variation
@@ -72,11 +73,11 @@ CLASSIFICATION_LOSSES = ("probability", "log-complement")
 
 def _check_common(steps: int, lr: float, classification_loss: str = "probability") -> None:
     if steps < 0:
-        raise ValueError(f"steps must be ≥ 0, got {steps}")
+        raise InputError(f"steps must be ≥ 0, got {steps}")
     if not lr > 0:
-        raise ValueError(f"lr must be positive, got {lr}")
+        raise InputError(f"lr must be positive, got {lr}")
     if classification_loss not in CLASSIFICATION_LOSSES:
-        raise ValueError(f"unknown classification_loss {classification_loss!r}; use one of "
+        raise InputError(f"unknown classification_loss {classification_loss!r}; use one of "
                          f"{', '.join(CLASSIFICATION_LOSSES)}")
 
 
@@ -86,7 +87,7 @@ def classification_term(model: nn.Module, x: torch.Tensor, target: torch.Tensor,
     (``"log-complement"``, computed stably as logsumexp(all logits) − logsumexp(logits of the other classes)).
     ``temperature`` T divides the logits first (temperature scaling: M_T = softmax(z/T); 1 = the model as is)."""
     if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+        raise InputError(f"temperature must be > 0, got {temperature}")
     logits = model(x) / temperature if temperature != 1.0 else model(x)
     if classification_loss == "probability":
         return torch.softmax(logits, 1).gather(1, target.view(-1, 1).to(logits.device)).squeeze(1)
@@ -129,12 +130,12 @@ def minimize_in_mask(model: nn.Module, x: torch.Tensor, mask: torch.Tensor, targ
 
 def _as_element_mask(mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     if not isinstance(mask, torch.Tensor):
-        raise ValueError(f"mask must be a bool tensor, got {type(mask).__name__}")
+        raise InputError(f"mask must be a bool tensor, got {type(mask).__name__}")
     if mask.dim() == 3:
         mask = mask.unsqueeze(1)
     n, c, h, w = x.shape
     if mask.dim() != 4 or mask.shape[0] != n or mask.shape[2:] != (h, w) or mask.shape[1] not in (1, c):
-        raise ValueError(f"mask must have shape ({n}, {c} or 1, {h}, {w}) or ({n}, {h}, {w}) to match the "
+        raise InputError(f"mask must have shape ({n}, {c} or 1, {h}, {w}) or ({n}, {h}, {w}) to match the "
                          f"images, got {tuple(mask.shape)}")
     return mask.to(torch.bool).expand(n, c, h, w).to(x.device)
 
@@ -166,13 +167,13 @@ def regularized_explanation(model: nn.Module, x: torch.Tensor, target: Target = 
     check_images(x)
     _check_common(steps, lr, classification_loss)
     if alpha < 0 or beta < 0:
-        raise ValueError(f"alpha and beta must be ≥ 0, got {alpha} and {beta}")
+        raise InputError(f"alpha and beta must be ≥ 0, got {alpha} and {beta}")
     _check_weights(ape_weights)
     target = resolve_target(model, x, target, labels)
     device = model_device(model)
     x0, tgt = x.detach().to(device), target.to(device)
     if patience < 0 or tol < 0:
-        raise ValueError(f"patience and tol must be ≥ 0, got {patience} and {tol}")
+        raise InputError(f"patience and tol must be ≥ 0, got {patience} and {tol}")
     x_hat = x0.clone().requires_grad_(True)
     opt = torch.optim.Adam([x_hat], lr=lr)
     best = torch.full((x0.shape[0],), float("inf"), device=device)

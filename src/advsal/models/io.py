@@ -49,9 +49,19 @@ def read_model_info(path: str | Path) -> dict:
         raise ModelFileError(f"{sidecar} not found: a model saved by advsal has {weights.name} and "
                              f"{sidecar.name}; train one with `advsal train`")
     try:
-        return json.loads(sidecar.read_text())
-    except json.JSONDecodeError as exc:
-        raise ModelFileError(f"{sidecar}: corrupt metadata ({exc})") from exc
+        info = json.loads(sidecar.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelFileError(f"{sidecar}: corrupt metadata ({exc})") from None
+    if not isinstance(info, dict):
+        raise ModelFileError(f"{sidecar}: metadata must be a JSON object, got {type(info).__name__}; it was not "
+                             "written by advsal.save_model")
+    limits = {"num_classes": 1_000_000, "in_channels": 64, "input_size": 8192}
+    for key, top in limits.items():
+        value = info.get(key)
+        if key in info and (not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= top):
+            raise ModelFileError(f"{sidecar}: {key} must be an integer in [1, {top}], got {value!r}; the metadata "
+                                 "is corrupt — save the model again")
+    return info
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> ZooModel:

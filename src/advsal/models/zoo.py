@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..errors import InputError
+
 
 class Normalize(nn.Module):
     """(x - mean) / std per channel, as the first layer of a model whose inputs are pixels in [0, 1]."""
@@ -20,7 +22,7 @@ class Normalize(nn.Module):
     def __init__(self, mean: Sequence[float], std: Sequence[float]):
         super().__init__()
         if any(s <= 0 for s in std):
-            raise ValueError(f"Normalize std must be positive, got {list(std)}")
+            raise InputError(f"Normalize std must be positive, got {list(std)}")
         self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1))
 
@@ -44,10 +46,10 @@ class ZooModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"model expects NCHW input with {self.in_channels} channels, got {tuple(x.shape)}; "
+            raise InputError(f"model expects NCHW input with {self.in_channels} channels, got {tuple(x.shape)}; "
                              "build the model with in_channels matching the data")
         if self.input_size is not None and tuple(x.shape[2:]) != (self.input_size, self.input_size):
-            raise ValueError(f"model expects {self.input_size}x{self.input_size} images, got "
+            raise InputError(f"model expects {self.input_size}x{self.input_size} images, got "
                              f"{tuple(x.shape[2:])}; build it with input_size={x.shape[2]} or resize the data")
         return self.classifier(torch.flatten(self.features(self.normalize(x)), 1))
 
@@ -179,17 +181,17 @@ def build_model(name: str, num_classes: int = 10, in_channels: int = 1, input_si
     ``mean``/``std`` (one value per channel, default 0/1) become the model's first layer.
     """
     if name not in ZOO:
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(ZOO)}")
+        raise InputError(f"unknown model {name!r}; available: {', '.join(ZOO)}")
     info = ZOO[name]
     size = int(input_size or info.default_input_size)
     if num_classes < 1 or in_channels < 1:
-        raise ValueError(f"num_classes and in_channels must be ≥ 1, got {num_classes} and {in_channels}")
+        raise InputError(f"num_classes and in_channels must be ≥ 1, got {num_classes} and {in_channels}")
     if size < info.min_input_size:
-        raise ValueError(f"{name} needs inputs of at least {info.min_input_size}x{info.min_input_size}, got {size}")
+        raise InputError(f"{name} needs inputs of at least {info.min_input_size}x{info.min_input_size}, got {size}")
     mean = list(mean) if mean is not None else [0.0] * in_channels
     std = list(std) if std is not None else [1.0] * in_channels
     if len(mean) != in_channels or len(std) != in_channels:
-        raise ValueError(f"mean/std need {in_channels} values (one per channel), got {len(mean)} and {len(std)}")
+        raise InputError(f"mean/std need {in_channels} values (one per channel), got {len(mean)} and {len(std)}")
     if seed is not None:
         state = torch.random.get_rng_state()
         torch.manual_seed(seed)

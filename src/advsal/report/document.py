@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import InputError
 from ..store import atomic_write_text
 
 
@@ -268,7 +269,7 @@ class Report:
         """Every finding must link to a heading of this report (a renderer bug otherwise)."""
         missing = [f["section"] for f in self.findings if f["section"] not in self.anchors()]
         if missing:
-            raise ValueError(f"findings link to sections the report lacks: {missing}; anchors: {self.anchors()}")
+            raise InputError(f"findings link to sections the report lacks: {missing}; anchors: {self.anchors()}")
 
     def write(self, run_dir: str | Path) -> tuple[Path, Path]:
         """Write ``report.md`` and ``report.html`` into ``run_dir``; returns both paths."""

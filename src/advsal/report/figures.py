@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from ..errors import InputError
 from ..store import atomic_write_bytes
 
 ArrayLike = np.ndarray | torch.Tensor
@@ -49,9 +50,9 @@ def _image_hwc(image: ArrayLike) -> np.ndarray:
         elif img.shape[0] == 3:
             img = img.transpose(1, 2, 0)
         else:
-            raise ValueError(f"image must have 1 or 3 channels (C, H, W), got shape {img.shape}")
+            raise InputError(f"image must have 1 or 3 channels (C, H, W), got shape {img.shape}")
     elif img.ndim != 2:
-        raise ValueError(f"image must be (C, H, W) or (H, W), got shape {img.shape}")
+        raise InputError(f"image must be (C, H, W) or (H, W), got shape {img.shape}")
     return np.clip(img, 0.0, 1.0)
 
 
@@ -61,7 +62,7 @@ def _map_hw(saliency: ArrayLike) -> np.ndarray:
     if m.ndim == 3:
         m = m.max(axis=0)
     if m.ndim != 2:
-        raise ValueError(f"saliency map must be (H, W) or (C, H, W), got shape {m.shape}")
+        raise InputError(f"saliency map must be (H, W) or (C, H, W), got shape {m.shape}")
     return m
 
 
@@ -86,10 +87,10 @@ def heatmap_overlay(image: ArrayLike, saliency: ArrayLike, alpha: float = 0.5, c
     img = _image_hwc(image)
     m = _map_hw(saliency)
     if m.shape != img.shape[:2]:
-        raise ValueError(f"saliency map {m.shape} and image {img.shape[:2]} differ in size; upsample the map "
+        raise InputError(f"saliency map {m.shape} and image {img.shape[:2]} differ in size; upsample the map "
                          "(e.g. CamResult.upsampled)")
     if not 0 <= alpha <= 1:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        raise InputError(f"alpha must be in [0, 1], got {alpha}")
     heat = matplotlib.colormaps[cmap](np.clip(_normalise(m, scale), 0, 1))[..., :3]
     base = np.repeat(img[..., None], 3, axis=2) if img.ndim == 2 else img
     return ((1 - alpha) * base + alpha * heat).astype(np.float32)
@@ -121,18 +122,18 @@ def saliency_grid(images_clean: ArrayLike, images_adv: ArrayLike | None,
     clean = _numpy(images_clean)
     batches = [clean] if images_adv is None else [clean, _numpy(images_adv)]
     if clean.ndim != 4 or batches[-1].shape != clean.shape:
-        raise ValueError(f"images_clean and images_adv must be NCHW batches of one shape, got {clean.shape} "
+        raise InputError(f"images_clean and images_adv must be NCHW batches of one shape, got {clean.shape} "
                          f"and {batches[-1].shape}")
     n, k = clean.shape[0], len(batches)
     if n == 0:
-        raise ValueError("saliency_grid needs at least one example")
+        raise InputError("saliency_grid needs at least one example")
     if titles is not None and len(titles) != n:
-        raise ValueError(f"titles needs one entry per example ({n}), got {len(titles)}")
+        raise InputError(f"titles needs one entry per example ({n}), got {len(titles)}")
     rows = [(label, (value,) if k == 1 else value) for label, value in maps.items()]
     for label, group in rows:
         if len(group) != k or any(len(m) != n for m in group):
             shape = "a batch of" if k == 1 else "(clean maps, adversarial maps) with"
-            raise ValueError(f"maps[{label!r}] must be {shape} {n} maps each")
+            raise InputError(f"maps[{label!r}] must be {shape} {n} maps each")
 
     ncols, nrows = k * n, 1 + len(rows)
     fig = Figure(figsize=((ncols + 1) * cell_inches, (nrows + 0.5) * cell_inches), dpi=dpi)

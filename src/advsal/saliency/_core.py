@@ -9,6 +9,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
+from ..errors import InputError
 from ..tensors import check_images, resolve_target
 
 SCORES = ("logit", "log_softmax", "softmax")
@@ -36,12 +37,12 @@ def check_inputs(x: torch.Tensor) -> None:
     if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point():
         check_images(x)  # raises the standard message for the shape/type problem
     if not torch.isfinite(x).all():
-        raise ValueError("x contains NaN or infinite values; clean or drop those images first")
+        raise InputError("x contains NaN or infinite values; clean or drop those images first")
 
 
 def check_choice(value: object, choices: Sequence[object], name: str) -> None:
     if value not in choices:
-        raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(repr(c) for c in choices)}")
+        raise InputError(f"unknown {name} {value!r}; choose one of {', '.join(repr(c) for c in choices)}")
 
 
 def is_predicted(target: Target) -> bool:
@@ -55,7 +56,7 @@ def pre_resolve(model: nn.Module, x: torch.Tensor, target: Target, labels: torch
     if is_predicted(target):
         return None
     if isinstance(target, bool):
-        raise ValueError("target must be a tensor of class indices, an int, 'predicted' or 'true', "
+        raise InputError("target must be a tensor of class indices, an int, 'predicted' or 'true', "
                          "got a bool")
     return resolve_target(model, x, target, labels).to(device)
 
@@ -63,7 +64,7 @@ def pre_resolve(model: nn.Module, x: torch.Tensor, target: Target, labels: torch
 def check_logits(logits: torch.Tensor, n: int) -> None:
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != n:
         shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise ValueError(f"the model must map a batch of {n} images to logits of shape ({n}, classes), got "
+        raise InputError(f"the model must map a batch of {n} images to logits of shape ({n}, classes), got "
                          f"{shape}; wrap it so that it returns one logit row per image")
 
 
@@ -74,7 +75,7 @@ def finish_targets(pre: torch.Tensor | None, logits: torch.Tensor, n: int) -> to
     num_classes = logits.shape[1]
     if t.numel() and (t.min() < 0 or t.max() >= num_classes):
         bad = t.min().item() if t.min() < 0 else t.max().item()
-        raise ValueError(f"target class {bad} is out of range: the model has {num_classes} classes "
+        raise InputError(f"target class {bad} is out of range: the model has {num_classes} classes "
                          f"(valid: 0..{num_classes - 1})")
     return t
 
@@ -120,13 +121,13 @@ def find_layers(model: nn.Module, names: Sequence[str | nn.Module]) -> list[tupl
         if isinstance(name, nn.Module):
             match = [k for k, m in modules.items() if m is name]
             if not match:
-                raise ValueError(f"layer {type(name).__name__} is not a submodule of the model; pass one of "
+                raise InputError(f"layer {type(name).__name__} is not a submodule of the model; pass one of "
                                  "its named_modules() names")
             found.append((match[0], name))
             continue
         if not isinstance(name, str) or name not in modules or name == "":
             valid = ", ".join(k for k in modules if k)
-            raise ValueError(f"unknown layer {name!r}; valid layer names (model.named_modules()): {valid}")
+            raise InputError(f"unknown layer {name!r}; valid layer names (model.named_modules()): {valid}")
         found.append((name, modules[name]))
     return found
 
@@ -138,7 +139,7 @@ def default_layer(model: nn.Module) -> str:
         return cam_layer
     convs = [k for k, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     if not convs:
-        raise ValueError("the model has no cam_layer attribute and no nn.Conv2d layer; pass layer= the name "
+        raise InputError("the model has no cam_layer attribute and no nn.Conv2d layer; pass layer= the name "
                          "of a layer with spatial (N, K, h, w) output")
     return convs[-1]
 

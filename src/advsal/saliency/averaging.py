@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
+from ..errors import InputError
 from ..progress import track
 from ..tensors import frozen, model_device, resolve_target
 from ._core import SCORES, Target, check_choice, check_inputs, class_scores, relaxed_range
@@ -47,11 +48,11 @@ def smoothgrad(method: str | Callable, model: nn.Module, x: torch.Tensor, target
         check_choice(method, SMOOTHABLE_METHODS, "method")
         method = SALIENCY_METHODS[method].function
     if not callable(method):
-        raise ValueError(f"method must be a saliency function or a name, got {type(method).__name__}")
+        raise InputError(f"method must be a saliency function or a name, got {type(method).__name__}")
     if n < 1:
-        raise ValueError(f"n (noise samples) must be ≥ 1, got {n}")
+        raise InputError(f"n (noise samples) must be ≥ 1, got {n}")
     if not sigma >= 0:
-        raise ValueError(f"sigma must be ≥ 0 (pixel units), got {sigma}")
+        raise InputError(f"sigma must be ≥ 0 (pixel units), got {sigma}")
     check_inputs(x)
     t = resolve_target(model, x, target, labels)
     gen = torch.Generator(device=x.device).manual_seed(seed)
@@ -81,7 +82,7 @@ def _accumulate(total, out, k: int):
                 :out.target.shape[0] // k])
         return replace(total, cam=total.cam + cam, upsampled=None if up is None else total.upsampled + up)
     if not isinstance(out, torch.Tensor):
-        raise ValueError(f"smoothgrad needs a method that returns a tensor or a CamResult, got "
+        raise InputError(f"smoothgrad needs a method that returns a tensor or a CamResult, got "
                          f"{type(out).__name__}")
     return _fold(out, k) if total is None else total + _fold(out, k)
 
@@ -113,7 +114,7 @@ def _path(steps: int, rule: str) -> tuple[torch.Tensor, torch.Tensor]:
     if rule == "right":
         return (k + 1) / steps, torch.full((steps,), 1.0 / steps, dtype=torch.float64)
     if steps < 2:
-        raise ValueError("the trapezoid rule needs steps ≥ 2")
+        raise InputError("the trapezoid rule needs steps ≥ 2")
     w = torch.full((steps,), 1.0 / (steps - 1), dtype=torch.float64)
     w[0] = w[-1] = 0.5 / (steps - 1)
     return k / (steps - 1), w
@@ -140,7 +141,7 @@ def integrated_gradients(model: nn.Module, x: torch.Tensor, target: Target = "pr
     check_choice(score, SCORES, "score")
     check_choice(rule, RULES, "rule")
     if steps < 1:
-        raise ValueError(f"steps must be ≥ 1, got {steps}")
+        raise InputError(f"steps must be ≥ 1, got {steps}")
     if baseline is None:
         base = torch.zeros_like(x)
     elif isinstance(baseline, (int, float)):
@@ -149,12 +150,12 @@ def integrated_gradients(model: nn.Module, x: torch.Tensor, target: Target = "pr
         try:
             base = baseline.to(device=x.device, dtype=x.dtype).expand_as(x)
         except RuntimeError:
-            raise ValueError(f"baseline of shape {tuple(baseline.shape)} does not broadcast to the images "
+            raise InputError(f"baseline of shape {tuple(baseline.shape)} does not broadcast to the images "
                              f"{tuple(x.shape)}") from None
         if not torch.isfinite(base).all():
-            raise ValueError("baseline contains NaN or infinite values")
+            raise InputError("baseline contains NaN or infinite values")
     else:
-        raise ValueError(f"baseline must be None, a float or a tensor, got {type(baseline).__name__}")
+        raise InputError(f"baseline must be None, a float or a tensor, got {type(baseline).__name__}")
     t = resolve_target(model, x, target, labels)
     x = x.detach()
     diff = x - base

@@ -25,28 +25,30 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import rankdata
 
+from ..errors import InputError
+
 _TINY = 1e-12
 
 
 def _check_maps(maps: torch.Tensor, name: str = "maps") -> torch.Tensor:
     if not isinstance(maps, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor of shape (N, H, W), got {type(maps).__name__}")
+        raise InputError(f"{name} must be a torch.Tensor of shape (N, H, W), got {type(maps).__name__}")
     if maps.dim() == 4 and maps.shape[1] == 1:
         maps = maps[:, 0]
     if maps.dim() != 3:
-        raise ValueError(f"{name} must have shape (N, H, W) (one map per example), got {tuple(maps.shape)}; "
+        raise InputError(f"{name} must have shape (N, H, W) (one map per example), got {tuple(maps.shape)}; "
                          "reduce channels first, e.g. saliency.abs().amax(1)")
     if not maps.is_floating_point():
         maps = maps.float()
     if torch.isnan(maps).any():
-        raise ValueError(f"{name} contains NaN values; compute the maps again or drop those examples")
+        raise InputError(f"{name} contains NaN values; compute the maps again or drop those examples")
     return maps.detach()
 
 
 def _check_pair(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     a, b = _check_maps(a, "a"), _check_maps(b, "b")
     if a.shape != b.shape:
-        raise ValueError(f"maps a {tuple(a.shape)} and b {tuple(b.shape)} must have the same shape; upsample "
+        raise InputError(f"maps a {tuple(a.shape)} and b {tuple(b.shape)} must have the same shape; upsample "
                          "Grad-CAM maps to the input size (CamResult.upsampled) before comparing")
     return a, b
 
@@ -128,7 +130,7 @@ def topk_iou(a: torch.Tensor, b: torch.Tensor, fraction: float = 0.1) -> torch.T
     """
     a, b = _check_pair(a, b)
     if not 0 < fraction <= 1:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+        raise InputError(f"fraction must be in (0, 1], got {fraction}")
     n = a.shape[1] * a.shape[2]
     k = max(1, int(round(fraction * n)))
     ma, mb = _top_mask(a, k), _top_mask(b, k)
@@ -163,9 +165,9 @@ def rank_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def dilate(mask: torch.Tensor, radius: float) -> torch.Tensor:
     """Pixels within Euclidean distance ``radius`` of any True pixel of ``mask`` (N, H, W), as a bool mask."""
     if mask.dim() != 3:
-        raise ValueError(f"mask must have shape (N, H, W), got {tuple(mask.shape)}")
+        raise InputError(f"mask must have shape (N, H, W), got {tuple(mask.shape)}")
     if radius < 0:
-        raise ValueError(f"radius must be ≥ 0 pixels, got {radius}")
+        raise InputError(f"radius must be ≥ 0 pixels, got {radius}")
     r = int(math.floor(radius))
     if r == 0:
         return mask.bool().clone()
@@ -199,7 +201,7 @@ def attraction(maps: torch.Tensor, pixels: torch.Tensor, radius: float = 2.0) ->
     """
     maps = _check_maps(maps)
     if pixels.shape != maps.shape:
-        raise ValueError(f"pixels mask {tuple(pixels.shape)} must match the maps {tuple(maps.shape)}")
+        raise InputError(f"pixels mask {tuple(pixels.shape)} must match the maps {tuple(maps.shape)}")
     near = dilate(pixels.bool(), radius)
     p = mass_distribution(maps)
     share = (p * near.double()).flatten(1).sum(1).float()
@@ -218,13 +220,13 @@ def perturbed_pixels(x: torch.Tensor, x_adv: torch.Tensor, top_k: int | None = N
     every pixel by exactly ε; ties are then broken uniformly at random (seeded by ``seed``), not by position.
     """
     if x.shape != x_adv.shape or x.dim() != 4:
-        raise ValueError(f"x and x_adv must be NCHW batches of one shape, got {tuple(x.shape)} and "
+        raise InputError(f"x and x_adv must be NCHW batches of one shape, got {tuple(x.shape)} and "
                          f"{tuple(x_adv.shape)}")
     change = (x_adv - x).abs().amax(1)
     mask = change > tolerance
     if top_k is not None:
         if top_k < 1:
-            raise ValueError(f"top_k must be ≥ 1, got {top_k}")
+            raise InputError(f"top_k must be ≥ 1, got {top_k}")
         k = min(top_k, change[0].numel())
         flat = change.flatten(1).cpu()
         gen = torch.Generator().manual_seed(seed)

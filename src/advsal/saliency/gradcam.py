@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import InputError
 from ..tensors import frozen, model_device
 from ._core import (
     SCORES,
@@ -53,11 +54,11 @@ class CamResult:
 def _capture_hook(name: str, store: dict[str, torch.Tensor]):
     def hook(module: nn.Module, inputs: tuple, output: object) -> torch.Tensor:
         if name in store:
-            raise ValueError(f"layer {name!r} runs more than once in one forward pass (a shared module), so "
+            raise InputError(f"layer {name!r} runs more than once in one forward pass (a shared module), so "
                              "its activation is ambiguous; give Grad-CAM a layer that is called once")
         if not isinstance(output, torch.Tensor) or output.dim() != 4:
             shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
-            raise ValueError(f"layer {name!r} outputs {shape}; Grad-CAM needs a layer with spatial "
+            raise InputError(f"layer {name!r} outputs {shape}; Grad-CAM needs a layer with spatial "
                              "(N, K, h, w) output, such as a convolution, its activation or a conv block")
         # the first hooked layer becomes a leaf: the backward pass then stops there, nothing upstream is taped
         act = output if output.requires_grad else output.detach().requires_grad_(True)
@@ -89,7 +90,7 @@ def grad_cam(model: nn.Module, x: torch.Tensor, target: Target = "predicted", *,
     Returns a :class:`CamResult`, tensors on x's device.
     """
     if layer is not None and not isinstance(layer, (str, nn.Module)):
-        raise ValueError(f"grad_cam takes one layer (a name or a module), got {type(layer).__name__}; for "
+        raise InputError(f"grad_cam takes one layer (a name or a module), got {type(layer).__name__}; for "
                          "several layers from one pass call grad_cam_layers(model, x, target, layers=[...])")
     name = default_layer(model) if layer is None else layer
     (result,) = _grad_cams(model, x, target, [name], labels=labels, upsample=upsample, relu=relu, score=score,
@@ -104,10 +105,10 @@ def grad_cam_layers(model: nn.Module, x: torch.Tensor, target: Target = "predict
     (in the order of ``layers``; a module object is keyed by its ``named_modules()`` name). Each entry equals
     ``grad_cam(model, x, target, layer=name, ...)``; the other arguments are those of :func:`grad_cam`."""
     if isinstance(layers, (str, nn.Module)) or not isinstance(layers, Sequence):
-        raise ValueError(f"layers must be a list of layer names (or modules), got {type(layers).__name__}; "
+        raise InputError(f"layers must be a list of layer names (or modules), got {type(layers).__name__}; "
                          "for one layer call grad_cam(model, x, target, layer=name)")
     if not layers:
-        raise ValueError("layers is empty; pass at least one layer name")
+        raise InputError("layers is empty; pass at least one layer name")
     return _grad_cams(model, x, target, list(layers), labels=labels, upsample=upsample, relu=relu, score=score,
                       all_classes=all_classes)
 
@@ -135,13 +136,13 @@ def _grad_cams(model: nn.Module, x: torch.Tensor, target: Target, requested: lis
             handle.remove()
     missing = [name for name, _ in layers if name not in acts]
     if missing:
-        raise ValueError(f"layer(s) {missing} did not run in the model's forward pass; pick layers it calls")
+        raise InputError(f"layer(s) {missing} did not run in the model's forward pass; pick layers it calls")
     check_logits(logits, x.shape[0])
     t = None if all_classes else finish_targets(pre, logits, x.shape[0])
     scores = class_scores(logits, score)
     tensors = [acts[name] for name, _ in layers]
     if not scores.requires_grad:
-        raise ValueError(f"the logits do not depend on layer(s) {[n for n, _ in layers]}; pick a layer on "
+        raise InputError(f"the logits do not depend on layer(s) {[n for n, _ in layers]}; pick a layer on "
                          "the path from the input to the logits")
     with torch.enable_grad():
         if all_classes:
@@ -151,7 +152,7 @@ def _grad_cams(model: nn.Module, x: torch.Tensor, target: Target, requested: lis
     results: dict[str, CamResult] = {}
     for (name, _), act, grad in zip(layers, tensors, grads, strict=True):
         if grad is None:
-            raise ValueError(f"the logits do not depend on layer {name!r}; pick a layer on the path from the "
+            raise InputError(f"the logits do not depend on layer {name!r}; pick a layer on the path from the "
                              "input to the logits")
         weights = grad.mean(dim=(-2, -1))  # α_k^c, Eq. 1
         # Σ_k α_k^c A^k (Eq. 2) as a batched matrix product: no (N, classes, K, h, w) temporary
@@ -173,7 +174,7 @@ def guided_grad_cam(model: nn.Module, x: torch.Tensor, target: Target = "predict
     """Guided Grad-CAM (Selvaraju et al. 2017 §3): guided backpropagation × the upsampled Grad-CAM map,
     shape (N, C, H, W). Both use the same target classes."""
     if layer is not None and not isinstance(layer, (str, nn.Module)):
-        raise ValueError("guided_grad_cam takes one layer (a name or a module); call it once per layer")
+        raise InputError("guided_grad_cam takes one layer (a name or a module); call it once per layer")
     cam = grad_cam(model, x, target, layer=layer, labels=labels, score=score)
     assert cam.upsampled is not None
     guided = guided_backprop(model, x, cam.target, score=score)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..errors import InputError
 from ._core import Target
 from .averaging import integrated_gradients, smoothgrad
 from .gradcam import grad_cam, guided_grad_cam
@@ -92,7 +93,7 @@ SMOOTHABLE_METHODS: tuple[str, ...] = ("gradient", "guided-backprop", "grad-cam"
 def saliency_method(name: str) -> SaliencyMethod:
     """The registered method called ``name``; a ValueError listing the valid names otherwise."""
     if name not in SALIENCY_METHODS:
-        raise ValueError(f"unknown saliency method {name!r}; choose one of {', '.join(SALIENCY_METHODS)}")
+        raise InputError(f"unknown saliency method {name!r}; choose one of {', '.join(SALIENCY_METHODS)}")
     return SALIENCY_METHODS[name]
 
 

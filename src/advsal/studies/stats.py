@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from ..errors import InputError
+
 
 def nanmean(a: np.ndarray) -> float:
     """Mean of the finite entries (NaN when there are none)."""
@@ -237,7 +239,7 @@ def _censored(values: np.ndarray, censored: np.ndarray) -> tuple[np.ndarray, np.
     v = np.asarray(values, dtype=np.float64).ravel()
     c = np.asarray(censored, dtype=bool).ravel()
     if v.shape != c.shape:
-        raise ValueError(f"values ({v.shape}) and censored ({c.shape}) must have the same length")
+        raise InputError(f"values ({v.shape}) and censored ({c.shape}) must have the same length")
     keep = np.isfinite(v)
     return v[keep], c[keep]
 
@@ -363,7 +365,7 @@ def rate_test(outcomes: np.ndarray, p0: float = 0.5) -> dict[str, Any]:
     v = np.asarray(outcomes, dtype=float)
     v = v[np.isfinite(v)]
     if not np.isin(v, (0.0, 1.0)).all():
-        raise ValueError("rate_test takes 0/1 outcomes (NaN for none), got other values")
+        raise InputError("rate_test takes 0/1 outcomes (NaN for none), got other values")
     out = {"n": len(v), "estimate": math.nan, "lo": math.nan, "hi": math.nan, "p": math.nan, "effect": math.nan}
     if not len(v):
         return out

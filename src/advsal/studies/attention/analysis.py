@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import binomtest
 
+from ...errors import InputError
 from ...saliency.compare import chance_iou
 from ...store import Stage
 from ..stats import (
@@ -357,7 +358,7 @@ def evaluate_claims(metrics: dict[str, dict[str, np.ndarray]], cfg: Config, laye
                 res = {"n": min((r["n"] for r in rows_c), default=0), "estimate": share, "effect": math.nan,
                        "p": math.nan, "lo": lo, "hi": hi}
             else:
-                raise ValueError(f"unknown test kind {t.kind!r}")
+                raise InputError(f"unknown test kind {t.kind!r}")
             entry = {"label": t.label, "kind": t.kind, "group": t.group, "group_b": t.group_b, "a": t.a,
                      "b": t.b, "direction": t.direction, "threshold": t.threshold, "baseline": t.baseline, **res}
             tests.append(entry)

@@ -163,6 +163,9 @@ class Config:
         for name, params in self.attacks.items():
             require(name in ATTACK_SPECS, "attacks", f"has unknown attack {name!r}; registered: {known}")
             spec = ATTACK_SPECS[name]
+            require(spec.eps_bracket is None or "eps" not in params, f"attacks.{name}.eps",
+                    f"is chosen by the minimal-ε search (max_accuracy); remove it, or register a fixed-budget "
+                    f"attack spec for {name!r}")
             try:  # building the attack checks its parameter names and values
                 spec.build(params, None if spec.eps_bracket is None else spec.eps_bracket[1])
             except (ValueError, TypeError) as exc:

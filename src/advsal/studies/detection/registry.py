@@ -23,7 +23,7 @@ from torch import nn
 from ...detection.baselines import FeatureSqueezingDetector, KDBUDetector, LIDDetector, MahalanobisDetector
 from ...detection.detectors import FeatureDetector, NPlusOneDetector, SaliencyDetector
 from ...detection.protocol import Detector
-from ...errors import ConfigError
+from ...errors import ConfigError, InputError
 
 #: The study's own detector (Table II); every other registered spec is a baseline.
 MAIN_DETECTOR = "image+saliency"
@@ -73,7 +73,7 @@ DETECTOR_SPECS: dict[str, DetectorSpec] = {}
 def register_detector_spec(spec: DetectorSpec) -> DetectorSpec:
     """Add (or replace) ``spec`` under ``spec.name``; configs may then list it in ``baselines``."""
     if not isinstance(spec, DetectorSpec):
-        raise ValueError(f"register_detector_spec takes a DetectorSpec, got {type(spec).__name__}")
+        raise InputError(f"register_detector_spec takes a DetectorSpec, got {type(spec).__name__}")
     DETECTOR_SPECS[spec.name] = spec
     return spec
 

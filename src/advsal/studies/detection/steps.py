@@ -24,6 +24,7 @@ from ...data import ImageSet, subset
 from ...detection import metrics as dm
 from ...detection.io import fitted_state, load_fitted_state
 from ...detection.protocol import Detector
+from ...errors import InputError
 from ...saliency import grad_cam_layers, gradient
 from ...store import Source, Stage, save_tensors
 from ...tensors import map_batches, predict_logits
@@ -129,7 +130,7 @@ class TrainedDetector:
             det.threshold = float(payload["threshold"])
             return det
         if "feature_shape" not in payload:
-            raise ValueError(f"detector {self.spec.name!r} cannot be restored from its stage (a network detector "
+            raise InputError(f"detector {self.spec.name!r} cannot be restored from its stage (a network detector "
                              "without build_features)")
         build = getattr(det, "build", None)
         if callable(build):

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from ...data import ImageSet
+from ...errors import InputError
 from ..stats import holm, km_median, logrank_test, nanmean, nanstd, paired_permutation_test, seed_level_test
 from .config import Config
 
@@ -83,7 +84,7 @@ def per_class_attack_metrics(y: np.ndarray, clean_pred: np.ndarray,
     y, clean_pred, adv_pred = (np.asarray(a, dtype=np.int64) for a in (y, clean_pred, adv_pred))
     adv_conf = np.asarray(adv_conf, dtype=np.float64)
     if not (len(y) == len(clean_pred) == len(adv_pred) == len(adv_conf)):
-        raise ValueError("y, clean_pred, adv_pred and adv_conf must have the same length")
+        raise InputError("y, clean_pred, adv_pred and adv_conf must have the same length")
     correct = clean_pred == y
     success = correct & (adv_pred != y)
     n_correct = np.bincount(y[correct], minlength=num_classes)
