@@ -27,6 +27,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/attacks.py
 	$(BIN)/python benchmarks/saliency.py
 	$(BIN)/python benchmarks/detection.py
+	$(BIN)/python benchmarks/guard.py
+	$(BIN)/python -m pytest -q tests/test_guard.py   # the ART adapter test runs where ART is installed
 
 ## Each study's report.html (tiny runs) in headless Chromium at 800 px: fails on overflow, broken images or
 ## console errors; screenshots in runs/report-check/screenshots/. Needs Debian's chromium (apt-get install chromium).
