@@ -428,3 +428,16 @@ def test_bad_input_errors(mnist_model, mnist_batch):
         JSMA(target_selection="required")(mnist_model, x, y)
     with pytest.raises(ValueError, match="4-D"):
         FGSM(0.1)(mnist_model, x[0], y)
+
+
+def test_float64_images_into_a_float32_model_are_refused_with_the_fix(mnist_model, mnist_batch):
+    from advsal.errors import InputError
+    from advsal.saliency import gradient
+    from advsal.tensors import predict_logits
+
+    x, y = mnist_batch
+    x64 = x[:2].double()
+    for call in (lambda: FGSM(eps=0.1)(mnist_model, x64, y[:2]), lambda: gradient(mnist_model, x64),
+                 lambda: predict_logits(mnist_model, x64)):
+        with pytest.raises(InputError, match=r"x is float64 but the model's parameters are float32; pass x.to"):
+            call()

@@ -77,8 +77,20 @@ def model_device(model: nn.Module) -> torch.device:
 
 
 @torch.no_grad()
+def check_model_dtype(x: torch.Tensor, model: nn.Module, name: str = "x") -> None:
+    """Raise InputError when ``x``'s float type differs from the model's parameters' (float64 images into a
+    float32 model fail deep inside a layer otherwise). Images are never cast silently: the caller chooses."""
+    for p in model.parameters():
+        if p.is_floating_point() and x.is_floating_point() and p.dtype != x.dtype:
+            raise InputError(f"{name} is {str(x.dtype).replace('torch.', '')} but the model's parameters are "
+                             f"{str(p.dtype).replace('torch.', '')}; pass {name}.to({p.dtype}) (or convert the "
+                             "model)")
+        return
+
+
 def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
     """Logits of ``model`` on ``x`` in eval mode, in batches, returned on x's device."""
+    check_model_dtype(x, model)
     device = model_device(model)
     with frozen(model):
         outs = [model(x[i:i + batch_size].to(device)).to(x.device) for i in range(0, len(x), batch_size)]

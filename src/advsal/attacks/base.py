@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from ..errors import InputError
 from ..progress import Bar, is_quiet
-from ..tensors import check_images, check_labels, frozen, model_device
+from ..tensors import check_images, check_labels, check_model_dtype, frozen, model_device
 
 #: A pixel/feature counts as changed when it moved by more than this (float round-off is not a change).
 L0_TOLERANCE = 1e-6
@@ -179,6 +179,7 @@ class Attack:
             raise InputError("model must be a torch nn.Module mapping images to logits, got "
                              f"{type(model).__name__}")
         check_images(x)
+        check_model_dtype(x, model)
         if x.shape[0] == 0:
             raise InputError("x is an empty batch; pass at least one image")
         self._check_per_example(x.shape[0])

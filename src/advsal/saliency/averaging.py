@@ -11,7 +11,7 @@ from torch import nn
 
 from ..errors import InputError
 from ..progress import track
-from ..tensors import frozen, model_device, resolve_target
+from ..tensors import check_model_dtype, frozen, model_device, resolve_target
 from ._core import SCORES, Target, check_choice, check_inputs, class_scores, relaxed_range
 from .gradcam import CamResult
 from .gradients import input_gradients
@@ -170,6 +170,7 @@ def integrated_gradients(model: nn.Module, x: torch.Tensor, target: Target = "pr
             grad, _ = input_gradients(model, points, t.repeat(k), score=score)
             avg_grad += (w * grad.view(k, *x.shape)).sum(0)
     attributions = diff * avg_grad
+    check_model_dtype(x, model)
     device = model_device(model)
     with frozen(model), torch.no_grad():
         ends = class_scores(model(torch.cat([x, base]).to(device)), score).to(x.device)

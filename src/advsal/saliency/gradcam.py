@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
-from ..tensors import frozen, model_device
+from ..tensors import check_model_dtype, frozen, model_device
 from ._core import (
     SCORES,
     Target,
@@ -121,6 +121,7 @@ def _grad_cams(model: nn.Module, x: torch.Tensor, target: Target, requested: lis
     check_inputs(x)
     check_choice(score, SCORES, "score")
     layers = list(dict(find_layers(model, requested)).items())
+    check_model_dtype(x, model)
     device = model_device(model)
     pre = None if all_classes else pre_resolve(model, x, target, labels, device)
 

@@ -11,7 +11,7 @@ import contextlib
 
 import torch
 
-from ..tensors import ReLUReplacementMode, frozen, model_device
+from ..tensors import ReLUReplacementMode, check_model_dtype, frozen, model_device
 from ._core import (
     SCORES,
     Target,
@@ -64,6 +64,7 @@ def input_gradients(model: torch.nn.Module, x: torch.Tensor, target: Target, *,
     """One forward and one backward for the whole batch; returns (gradient on x's device, targets or None)."""
     check_inputs(x)
     check_choice(score, SCORES, "score")
+    check_model_dtype(x, model)
     device = model_device(model)
     pre = None if all_classes else pre_resolve(model, x, target, labels, device)
     with frozen(model), torch.enable_grad():
