@@ -7,10 +7,13 @@ default is the CPU.
 from __future__ import annotations
 
 import os
+import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+from advsal.cli import main
 from advsal.data import load_dataset
 from advsal.models import build_model
 from advsal.progress import set_quiet
@@ -25,6 +28,17 @@ TEST_DEVICE = str(resolve_device(os.environ.get("ADVSAL_TEST_DEVICE", "cpu")))
 @pytest.fixture(scope="session")
 def device() -> str:
     return TEST_DEVICE
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of tiny models (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    they gain nothing from intra-op threads, a loaded machine only spins the second one, and a Ray worker computes
+    with one thread, so runs compared with a worker's must too. Restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
@@ -50,3 +64,22 @@ def mnist_batch(mnist5k, mnist_model):
     with torch.no_grad():
         ok = mnist_model(x.to(TEST_DEVICE)).argmax(1).cpu() == y
     return x[ok][:200].clone(), y[ok][:200].clone()
+
+
+@pytest.fixture
+def advsal(capsys, monkeypatch):
+    """Run the CLI in-process; returns (returncode, stdout, stderr)."""
+
+    def call(*args, cwd=None):
+        if cwd is not None:
+            monkeypatch.chdir(cwd)
+        monkeypatch.setattr(sys, "argv", ["advsal", *map(str, args)])
+        code = 0
+        try:
+            main()
+        except SystemExit as exc:
+            code = exc.code
+        out = capsys.readouterr()
+        return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
+
+    return call

@@ -2,33 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-from types import SimpleNamespace
-
 import pytest
 
-from advsal.cli import main
 from advsal.models import load_model
 from advsal.saliency import SALIENCY_METHODS
-
-
-@pytest.fixture
-def advsal(capsys, monkeypatch):
-    """Run the CLI in-process; returns (returncode, stdout, stderr)."""
-
-    def call(*args, cwd=None):
-        if cwd is not None:
-            monkeypatch.chdir(cwd)
-        monkeypatch.setattr(sys, "argv", ["advsal", *map(str, args)])
-        code = 0
-        try:
-            main()
-        except SystemExit as exc:
-            code = exc.code
-        out = capsys.readouterr()
-        return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
-
-    return call
 
 
 def test_train_and_evaluate(tmp_path, advsal):

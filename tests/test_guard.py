@@ -16,7 +16,6 @@ import pytest
 import torch
 
 from advsal.adapters import GuardedModel
-from advsal.cli import main
 from advsal.detection import (
     DetectorFileError,
     Guard,
@@ -28,13 +27,7 @@ from advsal.detection import (
 from advsal.detection.guard import CLASSIFIER_FILE
 from advsal.models import build_model, save_model
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 @pytest.fixture(scope="module")
@@ -58,21 +51,6 @@ def detector(model, images):
     """A saliency detector trained one epoch to tell 48 clean digits from their noisy versions."""
     x = images[:48]
     return SaliencyDetector(model).fit(x, noisy(x), epochs=1, batch_size=16)
-
-
-@pytest.fixture
-def advsal(capsys, monkeypatch):
-    def call(*args):
-        monkeypatch.setattr(sys, "argv", ["advsal", *map(str, args)])
-        code = 0
-        try:
-            main()
-        except SystemExit as exc:
-            code = exc.code
-        out = capsys.readouterr()
-        return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
-
-    return call
 
 
 def test_round_trip_gives_identical_scores(tmp_path, model, detector, images):

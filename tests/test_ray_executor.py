@@ -24,12 +24,7 @@ TINY = {"data": {"name": "digits", "train_limit": 200, "test_limit": 60}, "seeds
         "min_eps": {"per_class": 1, "probes": 2, "steps": 2}, "permutations": 99}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # Ray's workers run one thread each: the same arithmetic in both runs
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 @pytest.fixture(scope="module")

@@ -21,13 +21,7 @@ from advsal.detection import SaliencyDetector
 from advsal.detection.metrics import threshold_at_fpr
 from advsal.detection.security import robust_detection
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 # ------------------------------------------------------------------ hand-built linear F and D on 2-pixel images

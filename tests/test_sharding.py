@@ -10,13 +10,7 @@ from advsal.attacks import BIM, FGSM, PGD, craft_sharded
 from advsal.attacks.sharding import shard_slices
 from advsal.errors import ConfigError
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 @pytest.fixture(scope="module")

@@ -25,14 +25,7 @@ from advsal.studies.config import from_mapping
 from advsal.studies.engine import load_data
 from advsal.studies.stats import cliffs_delta, mean_ci, median_bootstrap
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread for this module's attacks and runs: much faster on a loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 # ------------------------------------------------------------------------------------------------ statistics

@@ -142,13 +142,7 @@ CONTRAST = ["contrast-prob-a0.01-b0.2", "contrast-prob-a6-b120", "contrast-logc-
 NUMBERS = ("selection", "table1", "contrast", "comparisons", "contrast_comparisons", "per_image", "threshold_scans")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from intra-op threads; on a shared 2-core machine they only spin."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 @pytest.fixture(scope="module")

@@ -33,14 +33,7 @@ def tiny_config(device: str = "cpu", **changes) -> imbalance.Config:
     return from_mapping(imbalance.Config, changes, base=cfg) if changes else cfg
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny models gain nothing from intra-op threads, and on a shared 2-core machine the second thread
-    only spins: one thread for this module (restored afterwards)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 @pytest.fixture(scope="module")
