@@ -209,3 +209,16 @@ def test_cli_log_to_a_file_has_no_blank_lines(tmp_path):
     assert lines[-1] == "" and all(line.strip() for line in lines[:-1]), lines
     assert any("test accuracy" in line for line in lines)
     assert "\x1b[" not in log.read_text()  # no terminal control sequences
+
+
+def test_security_finding_follows_the_robust_curve():
+    res = planted_results()
+    curve = {"eps": [0.05, 0.1, 0.3], "fpr": 0.05, "n": 50, "both": [0.02, 0.6, 0.9],
+             "robust_tpr": [0.9, 0.3, 0.05], "robust_accuracy": [0.9, 0.4, 0.1], "fooled_any": [0.2, 0.8, 1.0]}
+    res["security"] = {"attack": "bim", "eps_star": 0.1, "detectors": {"image+saliency": {"linf": curve}}}
+    f = by_section(detection_findings(res))
+    assert "Against an adaptive attacker the saliency detector fails" in f["security"]
+    assert "0.60 of 50" in f["security"] and "ε* = 0.1" in f["security"] and "at ε = 0.3: 0.90" in f["security"]
+    assert "D(x_adv) = 0.900" in f["security"]  # the first round's number beside it
+    curve["both"] = [0.0, 0.02, 0.04]
+    assert "holds" in by_section(detection_findings(res))["security"]

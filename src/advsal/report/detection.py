@@ -85,7 +85,7 @@ def security_section(rep: Any, results: dict[str, Any], nice, detector_names: di
     from .charts import line_plot
 
     sec = results["security"]
-    rep.heading("Security under adaptive attacks (robust detection over ε)")
+    rep.heading("Security under adaptive attacks (robust detection over ε)", anchor=DETECTION_SECTIONS["security"])
     rep.paragraph(
         f"Each detector trained on {nice(sec['attack'])} guards F against the strongest attack of the library: "
         "Orthogonal PGD, Selective PGD and PGD on the combined margin loss (λ ∈ {1, 4}), each with APGD step "

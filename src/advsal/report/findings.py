@@ -19,7 +19,8 @@ Finding = dict[str, str]
 
 #: Anchors of the detection report's sections that findings link to.
 DETECTION_SECTIONS = {"table2": "table2", "baselines": "baselines", "cross": "cross-attack",
-                      "eps": "generalisation-eps", "second": "second-round", "layers": "layers"}
+                      "eps": "generalisation-eps", "second": "second-round", "layers": "layers",
+                      "security": "security"}
 #: A detection accuracy (balanced clean/adversarial) at most this is "at chance" (0.5 is coin flipping).
 CHANCE_ACCURACY = 0.6
 #: Point estimates closer than this tie when no interval is stored (results from before intervals).
@@ -133,6 +134,24 @@ def detection_findings(results: dict[str, Any]) -> list[Finding]:
         out.append({"text": f"The strongest second-round attack ({top['attack']}) {verdict} F and D together: it "
                             f"fools F while D says clean on {interval_text(both)} of {top['n']} images — the "
                             "paper calls such attacks 'not applicable'.", "section": DETECTION_SECTIONS["second"]})
+
+    security = results.get("security") or {}
+    curve = ((security.get("detectors") or {}).get("image+saliency") or {}).get("linf")
+    if curve and curve.get("eps"):
+        i = min(range(len(curve["eps"])), key=lambda j: abs(curve["eps"][j] - security.get("eps_star", 0.0)))
+        k = len(curve["eps"]) - 1
+        verdict = ("fails" if curve["both"][i] >= 0.5 else "is partly evaded" if curve["both"][i] > 0.05
+                   else "holds")
+        text = (f"Against an adaptive attacker the saliency detector {verdict}: with its threshold at "
+                f"{curve['fpr']:.0%} clean FPR and known to the attacker, {curve['both'][i]:.2f} of {curve['n']} "
+                f"correctly classified images fool F and pass D at ε* = {curve['eps'][i]:.3g} (robust TPR "
+                f"{curve['robust_tpr'][i]:.2f})")
+        first = _num((table2.get(security.get("attack")) or {}).get("d_adv"))
+        if math.isfinite(first):
+            text += f", where the first round (an attacker ignoring D) reports D(x_adv) = {first:.3f}"
+        if k != i:
+            text += f"; at ε = {curve['eps'][k]:.3g}: {curve['both'][k]:.2f}"
+        out.append({"text": text + ".", "section": DETECTION_SECTIONS["security"]})
 
     for a, g in (results.get("generalisation_eps") or {}).items():
         v = eps_generalisation_verdict(np.asarray(g["matrix"], dtype=float))
