@@ -367,9 +367,11 @@ def run(
                                                "run as Ray tasks (pip install 'advsal[ray]').")] = "local",
     address: Annotated[str | None, typer.Option(help="Ray cluster for --executor ray: auto or ray://HOST:PORT "
                                                      "(default: a local Ray instance).")] = None,
-    num_cpus: Annotated[float, typer.Option(help="CPUs per Ray stage task.")] = 1.0,
-    num_gpus: Annotated[float | None, typer.Option(help="GPUs per Ray stage task (default: 1 on a CUDA "
-                                                        "device, else 0).")] = None,
+    num_cpus: Annotated[float | None, typer.Option(help="CPUs per Ray stage task (default: the config's "
+                                                        "executor.num_cpus, 1).")] = None,
+    num_gpus: Annotated[float | None, typer.Option(help="GPUs per Ray stage task (default: the config's "
+                                                        "executor.num_gpus, else 1 on a CUDA device, 0 "
+                                                        "otherwise).")] = None,
     quiet: Quiet = False,
 ) -> None:
     """Run (or resume) a study; every finished stage is cached in the run directory."""
@@ -381,13 +383,10 @@ def run(
     set_quiet(quiet)
     if executor not in ("local", "ray"):
         raise CLIError(f"--executor must be local or ray, got {executor!r}")
-    parallel = nullcontext()
     if executor == "ray":
-        from .executor import RayExecutor, import_ray
-        from .studies.engine import use_executor
+        from .executor import import_ray
 
         import_ray()  # before any work: without Ray, one line naming the install command
-        parallel = use_executor(RayExecutor(address, num_cpus=num_cpus, num_gpus=num_gpus))
     module = get_study(study)
     overrides: dict = {}
     if device is not None:
@@ -395,8 +394,16 @@ def run(
     if model is not None or weights is not None:
         overrides["classifier"] = {k: v for k, v in (("architecture", model),
                                                      ("weights", str(weights) if weights else None)) if v}
+    if num_cpus is not None or num_gpus is not None:
+        overrides["executor"] = {k: v for k, v in (("num_cpus", num_cpus), ("num_gpus", num_gpus)) if v is not None}
     cfg = study_config(study, preset=preset, path=config, overrides=overrides)
     run_dir = run_directory(runs, name or cfg.name)
+    parallel = nullcontext()
+    if executor == "ray":
+        from .executor import RayExecutor
+        from .studies.engine import use_executor
+
+        parallel = use_executor(RayExecutor(address, num_cpus=cfg.executor.num_cpus, num_gpus=cfg.executor.num_gpus))
     start = time.perf_counter()
     with parallel:
         results = module.run(cfg, run_dir, log=None if quiet else _log_line)

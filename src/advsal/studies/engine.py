@@ -108,6 +108,20 @@ class ModelConfig:
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("architecture", "weights")}
 
 
+@dataclass
+class ExecutorConfig:
+    """Resources of one stage task under a parallel executor (``--executor ray``): ``num_cpus``, and ``num_gpus``
+    (default: 1 when the study's device is CUDA, else 0). The command line's --num-cpus/--num-gpus override them;
+    they never enter a stage key."""
+
+    num_cpus: float = 1.0
+    num_gpus: float | None = None
+
+    def validate(self) -> None:
+        require(self.num_cpus > 0, "num_cpus", f"must be > 0, got {self.num_cpus}")
+        require(self.num_gpus is None or self.num_gpus >= 0, "num_gpus", f"must be ≥ 0, got {self.num_gpus}")
+
+
 def check_device(value: str) -> None:
     """For a config's ``validate()``: the device is spelled right (whether it exists is checked at start)."""
     ok = value in ("auto", "cpu", "cuda", "mps") or (value.startswith("cuda:") and value[5:].isdigit())
@@ -392,6 +406,6 @@ def provenance(cfg: Any, device: torch.device) -> dict[str, Any]:
             "config_hash": fingerprint(as_plain(cfg)), "seed": getattr(cfg, "seed", None)}
 
 
-__all__ = ["Context", "DataConfig", "ModelConfig", "Study", "StudyDef", "as_plain", "build_classifier",
-           "check_classifier", "check_device", "classifier_stage", "data_source", "finish_study", "load_data",
-           "load_factory", "open_study", "provenance", "stage_logger", "use_executor"]
+__all__ = ["Context", "DataConfig", "ExecutorConfig", "ModelConfig", "Study", "StudyDef", "as_plain",
+           "build_classifier", "check_classifier", "check_device", "classifier_stage", "data_source", "finish_study",
+           "load_data", "load_factory", "open_study", "provenance", "stage_logger", "use_executor"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..config import require
-from ..engine import DataConfig, ModelConfig, check_device
+from ..engine import DataConfig, ExecutorConfig, ModelConfig, check_device
 
 
 @dataclass
@@ -75,6 +75,7 @@ class Config:
     batch_size: int = 100  # saliency batch size: speed only, no stage depends on it
     seed: int = 0
     device: str = "auto"
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)  # task resources under --executor ray
 
     def validate(self) -> None:
         require(self.n_images >= 1, "n_images", f"must be ≥ 1, got {self.n_images}")

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from ...attacks.specs import ATTACK_SPECS
 from ...models.zoo import ZOO
 from ..config import require
-from ..engine import DataConfig, ModelConfig, check_device
+from ..engine import DataConfig, ExecutorConfig, ModelConfig, check_device
 
 
 @dataclass
@@ -154,6 +154,7 @@ class Config:
     fpr: float = 0.05
     seed: int = 0
     device: str = "auto"
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)  # task resources under --executor ray
 
     def validate(self) -> None:
         from .registry import DETECTOR_SPECS, MAIN_DETECTOR

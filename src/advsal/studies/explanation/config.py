@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from ...explanation import CLASSIFICATION_LOSSES, DELETIONS
 from ..config import require
-from ..engine import DataConfig, ModelConfig, check_device
+from ..engine import DataConfig, ExecutorConfig, ModelConfig, check_device
 
 #: the study's classification losses: the library's, plus Eq. 13's probability on the temperature-calibrated model
 STUDY_LOSSES = (*CLASSIFICATION_LOSSES, "calibrated-probability")
@@ -138,6 +138,7 @@ class Config:
     batch_size: int = 100  # images optimised together
     seed: int = 0  # the order in which test images are drawn
     device: str = "auto"
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)  # task resources under --executor ray
 
     def validate(self) -> None:
         require(self.n_images >= 1, "n_images", f"must be ≥ 1, got {self.n_images}")

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from ...data import ImageSet
 from ..config import require
-from ..engine import DataConfig, ModelConfig, check_device
+from ..engine import DataConfig, ExecutorConfig, ModelConfig, check_device
 
 
 @dataclass
@@ -59,6 +59,7 @@ class Config:
     permutations: int = 10000
     seed: int = 0  # attack-set selection and the permutation test
     device: str = "auto"
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)  # task resources under --executor ray
 
     def validate(self) -> None:
         require(len(self.seeds) > 0, "seeds", "must list at least one seed, e.g. [0, 1, 2]")
