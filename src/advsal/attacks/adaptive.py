@@ -159,6 +159,13 @@ def _linf_box(x: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     return (x - eps).clamp_min(0), (x + eps).clamp_max(1)
 
 
+def classification_margin(logits: Tensor, y: Tensor) -> Tensor:
+    """z_y − max_{j≠y} z_j per example: positive while the classifier is still right (C&W's f6 without κ)."""
+    true = logits.gather(1, y.view(-1, 1)).squeeze(1)
+    other = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), -math.inf).amax(1)
+    return true - other
+
+
 def _threshold_logit(detector: Detector) -> float:
     t = min(max(detector.threshold, 1e-7), 1 - 1e-7)
     return math.log(t / (1 - t))
@@ -313,9 +320,7 @@ class AdaptiveSaliencyAttack(AdaptiveAttack):
         with torch.enable_grad():
             xr = x_adv.detach().requires_grad_(True)
             logits = model(xr)
-            true = logits.gather(1, y.view(-1, 1)).squeeze(1)
-            other = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), -math.inf).amax(1)
-            margin_f = true - other
+            margin_f = classification_margin(logits, y)
             if _uses_saliency(detector):
                 s = _bpda_saliency(detector, xr, detector.saliency_target_for(logits), self.beta)
                 d_logit = detector.logit_from_features(detector.assemble(xr, s))

@@ -51,6 +51,7 @@ from .adaptive import (
     _bpda_saliency,
     _threshold_logit,
     _uses_saliency,
+    classification_margin,
     evaluate_pair,
 )
 from .apgd import StepSizeSchedule
@@ -212,9 +213,7 @@ class DetectorPGD(AdaptiveAttack):
             with torch.enable_grad():
                 xr = x_adv.detach().requires_grad_(True)
                 logits = model(xr)
-                true = logits.gather(1, y.view(-1, 1)).squeeze(1)
-                other = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), -math.inf).amax(1)
-                margin_f = true - other
+                margin_f = classification_margin(logits, y)
                 margin_d = detector_logit(model, detector, xr, logits, self.beta).to(xr.dtype) - thr
                 h_f = (margin_f + self.kappa).clamp_min(0)
                 h_d = (margin_d + self.kappa).clamp_min(0)
