@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from ..errors import InputError
 from ..tensors import check_images, frozen, model_device
-from .metrics import threshold_at_fpr
+from .protocol import ThresholdedScores
 
 #: The name under which ``layer_activations`` returns the classifier's output (the logits).
 LOGITS = "logits"
@@ -89,7 +89,7 @@ def _tensor(a: np.ndarray) -> Tensor:
     return torch.as_tensor(np.asarray(a, dtype=np.float64))
 
 
-class StatisticDetector:
+class StatisticDetector(ThresholdedScores):
     """Base of the statistic detectors: per-input statistics ``statistics(x)`` (N, S) → standardised logistic
     regression → adversarial logit. Label 1 = adversarial.
 
@@ -214,16 +214,6 @@ class StatisticDetector:
             parts = [torch.sigmoid(self.adversarial_logit(x[i:i + batch_size])).float()
                      for i in range(0, len(x), batch_size)]
         return torch.cat(parts).to(x.device) if parts else x.new_zeros(0)
-
-    def predict(self, x: Tensor, batch_size: int = 256) -> Tensor:
-        """True where ``score(x) > threshold`` (called adversarial)."""
-        return self.score(x, batch_size) > self.threshold
-
-    def calibrate(self, x_clean: Tensor, fpr: float = 0.05, batch_size: int = 256) -> float:
-        """Set ``threshold`` so that at most a share ``fpr`` of ``x_clean`` is flagged (use held-out clean
-        images); returns the new threshold."""
-        self.threshold = threshold_at_fpr(self.score(x_clean, batch_size), fpr)
-        return self.threshold
 
     # -- helpers for subclasses --
     def _activations(self, x: Tensor, layers: Sequence[str]) -> dict[str, Tensor]:

@@ -35,7 +35,8 @@ from ..models import Normalize, build_model
 from ..progress import Bar
 from ..saliency import gradient
 from ..tensors import check_images, check_labels, frozen, model_device
-from .metrics import auroc, threshold_at_fpr
+from .metrics import auroc
+from .protocol import ThresholdedScores
 
 INPUTS = ("image+saliency", "image", "saliency")
 
@@ -79,7 +80,7 @@ def _channel_stats(f: Tensor) -> tuple[list[float], list[float]]:
     return flat.mean(1).tolist(), std.tolist()
 
 
-class NetworkDetector(nn.Module):
+class NetworkDetector(ThresholdedScores, nn.Module):
     """Common base of the trained-network detectors: training, batched scoring, thresholding; meets the
     :class:`~advsal.detection.protocol.Detector` protocol. Label 1 = adversarial.
 
@@ -320,16 +321,6 @@ class NetworkDetector(nn.Module):
         parts = [self.score_features(self.build_features(x[i:i + batch_size], batch_size), batch_size)
                  for i in range(0, len(x), batch_size)]
         return torch.cat(parts).to(x.device)
-
-    def predict(self, x: Tensor, batch_size: int = 256) -> Tensor:
-        """True where ``score(x) > threshold`` (called adversarial)."""
-        return self.score(x, batch_size) > self.threshold
-
-    def calibrate(self, x_clean: Tensor, fpr: float = 0.05, batch_size: int = 256) -> float:
-        """Set ``threshold`` so that at most a share ``fpr`` of ``x_clean`` is flagged (use held-out clean
-        images); returns the new threshold."""
-        self.threshold = threshold_at_fpr(self.score(x_clean, batch_size), fpr)
-        return self.threshold
 
 
 def _square_size(shape: tuple[int, ...], what: str) -> int:

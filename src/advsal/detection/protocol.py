@@ -66,4 +66,21 @@ class SaliencyInputDetector(Detector, Protocol):
     def logit_from_features(self, features: Tensor) -> Tensor: ...
 
 
-__all__ = ["Detector", "SaliencyInputDetector"]
+class ThresholdedScores:
+    """``predict`` and ``calibrate`` for any detector with ``score(x, batch_size)`` and a settable ``threshold``
+    (every advsal detector inherits these two instead of writing them again)."""
+
+    def predict(self, x: Tensor, batch_size: int = 256) -> Tensor:
+        """True where ``score(x) > threshold`` (called adversarial)."""
+        return self.score(x, batch_size) > self.threshold
+
+    def calibrate(self, x_clean: Tensor, fpr: float = 0.05, batch_size: int = 256) -> float:
+        """Set ``threshold`` so that at most a share ``fpr`` of ``x_clean`` is flagged (use held-out clean
+        images); returns the new threshold."""
+        from .metrics import threshold_at_fpr
+
+        self.threshold = threshold_at_fpr(self.score(x_clean, batch_size), fpr)
+        return self.threshold
+
+
+__all__ = ["Detector", "SaliencyInputDetector", "ThresholdedScores"]

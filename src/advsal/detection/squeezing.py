@@ -18,6 +18,7 @@ from ..errors import InputError
 from ..tensors import check_images, frozen, model_device
 from ._statistic import check_positive
 from .metrics import threshold_at_fpr
+from .protocol import ThresholdedScores
 
 
 def reduce_bit_depth(x: Tensor, bits: int) -> Tensor:
@@ -54,7 +55,7 @@ def median_smooth(x: Tensor, size: int = 2) -> Tensor:
     return patches.sort(-1).values[..., (size * size) // 2]
 
 
-class FeatureSqueezingDetector:
+class FeatureSqueezingDetector(ThresholdedScores):
     """Xu et al., NDSS 2018 §III, Fig. 2: the L1 distance between the classifier's softmax on x and on each
     squeezed x, the maximum over squeezers (the "joint" detector, Eq. in §III-B):
 
@@ -136,15 +137,6 @@ class FeatureSqueezingDetector:
         with torch.no_grad():
             parts = [0.5 * self.distances(x[i:i + batch_size]).max(1).values for i in range(0, len(x), batch_size)]
         return torch.cat(parts).float().to(x.device) if parts else x.new_zeros(0)
-
-    def predict(self, x: Tensor, batch_size: int = 256) -> Tensor:
-        """True where ``score(x) > threshold`` (called adversarial)."""
-        return self.score(x, batch_size) > self.threshold
-
-    def calibrate(self, x_clean: Tensor, fpr: float = 0.05, batch_size: int = 256) -> float:
-        """Set ``threshold`` so that at most a share ``fpr`` of ``x_clean`` is flagged; returns it."""
-        self.threshold = threshold_at_fpr(self.score(x_clean, batch_size), fpr)
-        return self.threshold
 
     def fit(self, x_clean: Tensor, x_adv: Tensor | None = None, *, batch_size: int = 256,
             **_ignored: Any) -> FeatureSqueezingDetector:
