@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import torch
+from saliency import measure  # best of interleaved rounds, shared by the benchmarks
 
 from advsal.attacks import BIM, CarliniWagnerL2
 from advsal.data import load_dataset
@@ -67,17 +68,6 @@ def detectors(model, noise: list[float]):
     out["KD+BU"] = lambda: KDBUDetector(model)
     out["Feature squeezing"] = lambda: FeatureSqueezingDetector(model)
     return out
-
-
-def best_time(fns: dict, repeat: int) -> dict[str, float]:
-    best = {k: float("inf") for k in fns}
-    for r in range(repeat + 1):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            if r:
-                best[name] = min(best[name], time.perf_counter() - start)
-    return best
 
 
 def main() -> None:
@@ -138,7 +128,7 @@ def main() -> None:
 
     fns = {"F forward": forward}
     fns.update({name: (lambda d=det: d.score(x, batch_size=args.batch)) for name, det in fitted.items()})
-    best = best_time(fns, args.repeat)
+    best = measure(fns, args.repeat)
     cost = {k: v / best["F forward"] for k, v in best.items()}
     for k, v in best.items():
         print(f"{k:28s} {1000 * v:8.1f} ms/batch  {cost[k]:7.2f}× F forward")
