@@ -22,6 +22,8 @@ from typing import Any, Protocol, runtime_checkable
 
 from torch import Tensor
 
+from .metrics import threshold_at_fpr
+
 
 @runtime_checkable
 class Detector(Protocol):
@@ -77,8 +79,6 @@ class ThresholdedScores:
     def calibrate(self, x_clean: Tensor, fpr: float = 0.05, batch_size: int = 256) -> float:
         """Set ``threshold`` so that at most a share ``fpr`` of ``x_clean`` is flagged (use held-out clean
         images); returns the new threshold."""
-        from .metrics import threshold_at_fpr
-
         self.threshold = threshold_at_fpr(self.score(x_clean, batch_size), fpr)
         return self.threshold
 
