@@ -247,3 +247,16 @@ def test_rate_test_is_scipys_binomial_test():
     assert stats.rate_test(np.array([np.nan]))["n"] == 0
     with pytest.raises(ValueError, match="0/1"):
         stats.rate_test(np.array([0.5, 1.0]))
+
+
+def test_proportion_interval_is_scipys_binomial_interval():
+    for method in ("wilson", "exact"):
+        res = stats.proportion_interval(17, 40, method)
+        ref = sp.binomtest(17, 40).proportion_ci(0.95, method=method)
+        assert res["estimate"] == pytest.approx(17 / 40) and res["n"] == 40
+        assert (res["lo"], res["hi"]) == pytest.approx((ref.low, ref.high))
+    wide, narrow = stats.proportion_interval(5, 10), stats.proportion_interval(500, 1000)
+    assert wide["lo"] < narrow["lo"] < 0.5 < narrow["hi"] < wide["hi"]
+    assert stats.proportion_interval(0, 20, "exact")["lo"] == 0.0 and math.isnan(stats.proportion_interval(0, 0)["lo"])
+    with pytest.raises(ValueError, match="k ≤ n"):
+        stats.proportion_interval(3, 2)

@@ -272,3 +272,26 @@ def test_margin_adjusted_removes_a_difference_driven_only_by_clean_margins():
         p["deplete0"]["bim.untargeted.pred"] = np.ones(60, dtype=np.int64)
     res = margin_adjusted(np.zeros(60, dtype=np.int64), payloads, 0, "bim", own=True, resamples=200, seed=0)
     assert res["estimate"] > 0.3 and res["p"] < 0.01 and res["lo"] > 0
+
+
+def test_tiny_run_rates_carry_intervals_that_contain_them(tiny_run):
+    """Issue #17: every rate of the tests table and of Table 5.2 has a 95% interval (bootstrap over the attack
+    images, Wilson for the pooled test accuracies) around its point estimate, in results.json and the report."""
+    run_dir, _ = tiny_run
+    stored = json.loads((run_dir / "results.json").read_text())
+    rates = [t for t in stored["tests"] if t["attack"] != "min_eps" and t["n_pairs"]]
+    assert rates and all("ci" not in t for t in stored["tests"] if t["attack"] == "min_eps")
+    for t in rates:
+        for key, point in (("balanced", t["balanced_mean"]), ("depleted", t["depleted_mean"]),
+                           ("difference", t["difference"])):
+            iv = t["ci"][key]
+            assert iv["estimate"] == pytest.approx(point) and iv["lo"] <= point <= iv["hi"], (t["question"], key)
+    assert any(t["ci"]["balanced"]["hi"] > t["ci"]["balanced"]["lo"] for t in rates)  # not all degenerate
+    for r in stored["table52"]["rows"]:
+        iv = r["ci"]["class_accuracy"]
+        assert iv["estimate"] == pytest.approx(r["class_accuracy"]) and iv["lo"] <= r["class_accuracy"] <= iv["hi"]
+        assert iv["hi"] - iv["lo"] > 0.05  # ~10 test images per class: a wide interval
+    md = (run_dir / "report.md").read_text()
+    iv = rates[0]["ci"]["balanced"]
+    assert f"[{iv['lo']:.3f}, {iv['hi']:.3f}]" in md and "Wilson" in md and "percentile-bootstrap" in md
+    assert "95% CI" in next(c for c in stored["conclusions"] if c.startswith("Depletion "))

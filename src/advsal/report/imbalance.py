@@ -47,11 +47,14 @@ def _f(v: Any) -> float:
     return float("nan") if v is None else float(v)
 
 
-def _pm(mean: Any, std: Any, digits: int = 3) -> str:
+def _pm(mean: Any, std: Any, digits: int = 3, ci: dict[str, Any] | None = None) -> str:
+    """"mean ± std" over seeds, followed by the 95% interval ``ci`` ("[lo, hi]") when one is stored."""
     m, s = _f(mean), _f(std)
     if np.isnan(m):
         return "–"
-    return f"{m:.{digits}f}" if np.isnan(s) else f"{m:.{digits}f} ± {s:.{digits}f}"
+    text = f"{m:.{digits}f}" if np.isnan(s) else f"{m:.{digits}f} ± {s:.{digits}f}"
+    lo, hi = (_f(ci.get("lo")), _f(ci.get("hi"))) if ci else (np.nan, np.nan)
+    return text + (f" [{lo:.{digits}f}, {hi:.{digits}f}]" if np.isfinite(lo) and np.isfinite(hi) else "")
 
 
 def _signed(v: Any, digits: int, scale: float = 1.0, star: bool = False) -> str:
@@ -105,7 +108,7 @@ def imbalance_findings(results: dict[str, Any]) -> list[dict[str, str]]:
     (Table 5.2) and vulnerability (the paired tests), and how many comparisons are significant."""
     out = []
     for line in results.get("conclusions", []):
-        if line.startswith("Depletion lowered"):
+        if line.startswith("Depletion "):
             out.append({"text": line, "section": "table-5-2"})
         elif line.startswith(("Answer:", "Adversarial examples of the other classes")):
             out.append({"text": line, "section": "vulnerability"})
@@ -194,16 +197,24 @@ def render_imbalance_report(run_dir: Path, results: dict[str, Any]) -> tuple[Pat
     rows = []
     for t in tests:
         digits = 4 if t["question"].endswith("min_eps") else 3
+        ci = t.get("ci") or {}
+        diff = ci.get("difference")
         rows.append([names[t["class"]], ATTACK_LABELS[t["attack"]], QUESTION_LABELS[t["question"]],
-                     _pm(t["balanced_mean"], t["balanced_std"], digits),
-                     _pm(t["depleted_mean"], t["depleted_std"], digits), _signed(t["difference"], digits),
+                     _pm(t["balanced_mean"], t["balanced_std"], digits, ci.get("balanced")),
+                     _pm(t["depleted_mean"], t["depleted_std"], digits, ci.get("depleted")),
+                     _signed(t["difference"], digits)
+                     + (" " + _interval(diff["lo"], diff["hi"], digits)
+                        if diff and np.isfinite(_f(diff["lo"])) and np.isfinite(_f(diff["hi"])) else ""),
                      "log-rank" if t["attack"] == "min_eps" else "sign-flip", t["n_pairs"],
                      _f(t["p_value"]), _f(t["p_holm"]), f"{t['seeds_up']}↑ {t['seeds_down']}↓",
                      _interval(t.get("seed_lo"), t.get("seed_hi"), digits), _f(t.get("seed_p_holm")),
                      t.get("direction", "–")])
     rep.table(["depleted class", "attack", "question", "balanced", "depleted", "difference", "image test",
                "pairs", "p", "p (Holm)", "seeds", "seed 95% CI", "seed p (Holm)", "direction"], rows, digits=4,
-              caption="Baseline of every row: the balanced model of the same seed on the same images. Image "
+              caption="Baseline of every row: the balanced model of the same seed on the same images. Rates: "
+                      "mean ± std over seeds [95% percentile-bootstrap interval over the attack images, the same "
+                      "images resampled for every seed and both models]; the difference is pooled over seeds × "
+                      "images, with its bootstrap interval. Image "
                       "test: sign-flip permutation over seeds × images, or for min ε the log-rank test "
                       "(never-fooled images censored at ε_max; means there are restricted means). Seed level: "
                       "one-sample t over the per-seed mean differences (interval: Student t). Direction: "
@@ -235,19 +246,22 @@ def _table52(rep: Report, results: dict[str, Any]) -> None:
     b = t52["balanced"]
     counts = results["data"]["train_counts"]
     rows: list[list[Any]] = [["(balanced)", f"{min(counts)}–{max(counts)}",
-                              _pm(b["accuracy"], b["accuracy_std"], 4), _pm(b["loss"], b["loss_std"], 4), "–",
-                              "–"]]
+                              _pm(b["accuracy"], b["accuracy_std"], 4, (b.get("ci") or {}).get("accuracy")),
+                              _pm(b["loss"], b["loss_std"], 4), "–", "–"]]
     if cifar:
         rows[0] += [THESIS_BALANCED[0], THESIS_BALANCED[1], None, None]
     for r in t52["rows"]:
-        row = [names[r["class"]], r["train_count"], _pm(r["accuracy"], r["accuracy_std"], 4),
-               _pm(r["loss"], r["loss_std"], 4), _pm(r["class_accuracy"], r["class_accuracy_std"]),
+        ci = r.get("ci") or {}
+        row = [names[r["class"]], r["train_count"], _pm(r["accuracy"], r["accuracy_std"], 4, ci.get("accuracy")),
+               _pm(r["loss"], r["loss_std"], 4),
+               _pm(r["class_accuracy"], r["class_accuracy_std"], 3, ci.get("class_accuracy")),
                _pm(r["class_accuracy_delta"], r["class_accuracy_delta_std"])]
         if cifar:
             row += list(THESIS_TABLE52.get(names[r["class"]], (None,) * 4))
         rows.append(row)
-    caption = ("Mean ± std over seeds; loss = mean cross-entropy on the test set (the thesis' 'validation "
-               "loss' is measured on its test set too).")
+    caption = ("Mean ± std over seeds [95% Wilson binomial interval of the correct count pooled over seeds × test "
+               "images: it reflects the test-image sample, the ± std the spread over seeds]; loss = mean "
+               "cross-entropy on the test set (the thesis' 'validation loss' is measured on its test set too).")
     if not cifar:
         caption += (" The thesis' numbers are for CIFAR-10 (preset configs/imbalance-cifar10.yaml) and are "
                     "listed below the table, not beside it: this dataset is not comparable with them.")
@@ -290,7 +304,8 @@ def _vulnerability_section(rep: Report, results: dict[str, Any], fig_dir: Path) 
         rows.append(row)
     rep.table(["depleted class", *col_names, "own min ε", "others' min ε"], rows,
               caption="Paired mean differences (depleted − balanced): rates in percentage points, ε in pixel "
-                      "units; * = significant after Holm.")
+                      "units; * = significant after Holm. Their 95% bootstrap intervals over the attack images "
+                      "are in the tests table below.")
 
     bars = [("bim", "own_success", "BIM success rate"), ("fgsm", "own_success", "FGSM success rate"),
             ("bim", "own_accuracy_under_attack", "accuracy under BIM"),

@@ -375,3 +375,17 @@ def rate_test(outcomes: np.ndarray, p0: float = 0.5) -> dict[str, Any]:
     out.update(estimate=k / len(v), lo=float(ci.low), hi=float(ci.high), p=float(res.pvalue),
                effect=2 * (k / len(v) - p0))
     return out
+
+
+# -- appended for the reports of the imbalance, attention and explanation studies (issue #17) -------------------
+def proportion_interval(k: int, n: int, method: str = "wilson", level: float = 0.95) -> dict[str, float]:
+    """The proportion ``k / n`` with its binomial interval (``scipy.stats.binomtest(k, n).proportion_ci``:
+    ``method`` "wilson" (score interval) or "exact" (Clopper–Pearson)), as ``estimate``/``lo``/``hi``/``n``
+    (NaN without trials)."""
+    k, n = int(k), int(n)
+    if not 0 <= k <= n:
+        raise InputError(f"proportion_interval needs 0 ≤ k ≤ n, got k={k}, n={n}")
+    if n == 0:
+        return {"estimate": math.nan, "lo": math.nan, "hi": math.nan, "n": 0}
+    ci = stats.binomtest(k, n).proportion_ci(level, method=method)
+    return {"estimate": k / n, "lo": float(ci.low), "hi": float(ci.high), "n": n}

@@ -11,7 +11,18 @@ import numpy as np
 
 from ...data import ImageSet
 from ...errors import InputError
-from ..stats import holm, km_median, logrank_test, nanmean, nanstd, paired_permutation_test, seed_level_test
+from ..stats import (
+    bootstrap_interval,
+    holm,
+    intervals_overlap,
+    km_median,
+    logrank_test,
+    nanmean,
+    nanstd,
+    paired_permutation_test,
+    proportion_interval,
+    seed_level_test,
+)
 from .config import Config
 
 ATTACKS = ("fgsm", "bim")
@@ -135,7 +146,8 @@ def _model_summary(run: ModelRun, payload: dict[str, Any], y: np.ndarray, num_cl
 
 def _table52(models: dict[str, dict[str, Any]], classes: list[int], seeds: list[int]) -> dict[str, Any]:
     """Seed 002 Table 5.2 per depleted class, mean ± std over seeds; delta = balanced − depleted accuracy of
-    the depleted class (the thesis' sign: a positive delta is a drop)."""
+    the depleted class (the thesis' sign: a positive delta is a drop). ``ci``: the accuracies' 95% Wilson
+    intervals of the counts pooled over seeds × test images (:func:`pooled_accuracy`)."""
     bal = [models[str(s)]["balanced"] for s in seeds]
     rows = []
     for d in classes:
@@ -151,14 +163,31 @@ def _table52(models: dict[str, dict[str, Any]], classes: list[int], seeds: list[
                      "class_accuracy_delta": nanmean(bal_cls - cls_acc),
                      "class_accuracy_delta_std": nanstd(bal_cls - cls_acc),
                      "accuracy_delta": nanmean(acc - np.array([m["accuracy"] for m in bal])),
-                     "train_count": dep[0]["train_counts"][d]})
+                     "train_count": dep[0]["train_counts"][d],
+                     "ci": {"accuracy": pooled_accuracy(dep), "class_accuracy": pooled_accuracy(dep, d),
+                            "balanced_class_accuracy": pooled_accuracy(bal, d),
+                            "balanced_accuracy": pooled_accuracy(bal)}})
     b_acc = np.array([m["accuracy"] for m in bal])
     b_loss = np.array([m["loss"] for m in bal])
     per_class = np.array([m["per_class_accuracy"] for m in bal], dtype=np.float64)
     return {"balanced": {"accuracy": nanmean(b_acc), "accuracy_std": nanstd(b_acc),
                          "loss": nanmean(b_loss), "loss_std": nanstd(b_loss),
-                         "per_class_accuracy": _colmean(per_class)},
+                         "per_class_accuracy": _colmean(per_class), "ci": {"accuracy": pooled_accuracy(bal)}},
             "rows": rows}
+
+
+def pooled_accuracy(models: list[dict[str, Any]], cls: int | None = None) -> dict[str, float]:
+    """Test accuracy (of class ``cls``, or overall) of the seeds' models from their confusion matrices: the
+    correct count over the trials pooled over seeds × test images, with its 95% Wilson interval
+    (``stats.proportion_interval``). Every seed sees the same test images, so the estimate is the mean over seeds
+    of the accuracies; the interval reflects the test-image sample (it treats the trials as independent, and the
+    seeds share the images: the spread over seeds is the table's ± std)."""
+    cms = [np.asarray(m["confusion"], dtype=np.int64) for m in models]
+    if cls is None:
+        k, n = sum(int(np.trace(c)) for c in cms), sum(int(c.sum()) for c in cms)
+    else:
+        k, n = sum(int(c[cls, cls]) for c in cms), sum(int(c[cls].sum()) for c in cms)
+    return proportion_interval(k, n, "wilson")
 
 
 def _vulnerability(models: dict[str, dict[str, Any]], classes: list[int], seeds: list[int],
@@ -203,6 +232,14 @@ def _comparisons(y: np.ndarray, bal: dict[str, Any], dep: dict[str, Any], d: int
     Except for ``own_accuracy_under_attack`` (all images of ``d``), only images both models classify correctly
     enter, so those comparisons measure robustness, not clean accuracy.
     """
+    return {q: (b[m], dd[m]) for q, (b, dd, m) in
+            _aligned_comparisons(y, bal, dep, d, attack, descent_targets).items()}
+
+
+def _aligned_comparisons(y: np.ndarray, bal: dict[str, Any], dep: dict[str, Any], d: int, attack: str,
+                         descent_targets: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """:func:`_comparisons` before selecting images: per question (balanced outcome, depleted outcome, mask of
+    the images that enter), each over the whole attack set, so seeds line up image by image."""
     ok = (np.asarray(bal["clean_pred"]) == y) & (np.asarray(dep["clean_pred"]) == y)
     own, other = ok & (y == d), ok & (y != d)
     b_un, d_un = np.asarray(bal[f"{attack}.untargeted.pred"]), np.asarray(dep[f"{attack}.untargeted.pred"])
@@ -211,14 +248,53 @@ def _comparisons(y: np.ndarray, bal: dict[str, Any], dep: dict[str, Any], d: int
     f = np.float64
     mine = y == d
     return {
-        "own_accuracy_under_attack": ((b_un == y)[mine].astype(f), (d_un == y)[mine].astype(f)),
-        "own_success": ((b_un != y)[own].astype(f), (d_un != y)[own].astype(f)),
-        "others_success": ((b_un != y)[other].astype(f), (d_un != y)[other].astype(f)),
-        "towards_success": ((b_to == d)[other].astype(f), (d_to == d)[other].astype(f)),
-        "landing_in_depleted": ((b_un == d)[other].astype(f), (d_un == d)[other].astype(f)),
-        "descent_success": ((b_de == descent_targets)[own].astype(f),
-                            (d_de == descent_targets)[own].astype(f)),
+        "own_accuracy_under_attack": ((b_un == y).astype(f), (d_un == y).astype(f), mine),
+        "own_success": ((b_un != y).astype(f), (d_un != y).astype(f), own),
+        "others_success": ((b_un != y).astype(f), (d_un != y).astype(f), other),
+        "towards_success": ((b_to == d).astype(f), (d_to == d).astype(f), other),
+        "landing_in_depleted": ((b_un == d).astype(f), (d_un == d).astype(f), other),
+        "descent_success": ((b_de == descent_targets).astype(f), (d_de == descent_targets).astype(f), own),
     }
+
+
+def _nan_mean(a: np.ndarray, axis: Any) -> np.ndarray:
+    """Mean of the finite entries along ``axis`` (NaN, without a warning, where there are none)."""
+    finite = np.isfinite(a)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(finite, a, 0.0).sum(axis=axis) / finite.sum(axis=axis)
+
+
+def _mean_of_seed_means(*per_seed: np.ndarray, axis: int = -1) -> np.ndarray:
+    """A rate row's ``balanced_mean`` / ``depleted_mean``: the mean over seeds of each seed's mean over its
+    images (NaN entries = images that do not enter for that seed)."""
+    return _nan_mean(np.stack([_nan_mean(s, axis) for s in per_seed]), 0)
+
+
+def _pooled_mean(*per_seed: np.ndarray, axis: int = -1) -> np.ndarray:
+    """A rate row's ``difference``: the mean of the paired differences pooled over seeds × images."""
+    return _nan_mean(np.stack(per_seed), (0, axis))
+
+
+def rate_intervals(aligned: list[tuple[np.ndarray, np.ndarray, np.ndarray]], seed: int = 0) -> dict[str, Any]:
+    """95% percentile-bootstrap intervals over the attack images (``stats.bootstrap_interval``; the same images
+    resampled for every seed and both models) of a rate row's balanced and depleted rates (means over seeds of
+    the per-seed rates) and of its difference (pooled over seeds × images). ``aligned``: per seed, (balanced
+    outcome, depleted outcome, mask of the images that enter), over the whole attack set."""
+    masks = np.array([m for _, _, m in aligned], dtype=bool)
+    keep = masks.any(0)
+    b = tuple(np.where(m, v, np.nan)[keep] for v, _, m in aligned)
+    dd = tuple(np.where(m, v, np.nan)[keep] for _, v, m in aligned)
+    diffs = tuple(x - y for x, y in zip(dd, b, strict=True))
+    out = {}
+    for name, samples, statistic in (("balanced", b, _mean_of_seed_means), ("depleted", dd, _mean_of_seed_means),
+                                     ("difference", diffs, _pooled_mean)):
+        finite = np.concatenate(samples)[np.isfinite(np.concatenate(samples))] if keep.any() else np.array([])
+        if len(finite) and np.ptp(finite) == 0:  # one value everywhere: every resample gives the estimate
+            est = float(statistic(*samples))
+            out[name] = {"estimate": est, "lo": est, "hi": est, "n": int(keep.sum())}
+        else:
+            out[name] = {**bootstrap_interval(samples, statistic, paired=True, seed=seed), "n": int(keep.sum())}
+    return out
 
 
 def _min_eps_comparisons(y: np.ndarray, bal: dict[str, Any], dep: dict[str, Any],
@@ -280,10 +356,16 @@ def paired_tests(y: np.ndarray, payloads: dict[int, dict[str, dict[str, Any]]],
     for d in classes:
         for attack in (*ATTACKS, "min_eps"):
             per_q: dict[str, list[tuple[np.ndarray, ...]]] = {}
+            aligned: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
             for seed, models in payloads.items():
                 bal, dep = models["balanced"], models[f"deplete{d}"]
-                comps = _min_eps_comparisons(y, bal, dep, d) if attack == "min_eps" else \
-                    _comparisons(y, bal, dep, d, attack, descent_targets[seed])
+                if attack == "min_eps":
+                    comps = _min_eps_comparisons(y, bal, dep, d)
+                else:
+                    full = _aligned_comparisons(y, bal, dep, d, attack, descent_targets[seed])
+                    comps = {q: (b[m], v[m]) for q, (b, v, m) in full.items()}
+                    for q, triple in full.items():
+                        aligned.setdefault(q, []).append(triple)
                 for q, pair in comps.items():
                     per_q.setdefault(q, []).append(pair)
             for q, pairs in per_q.items():
@@ -317,6 +399,8 @@ def paired_tests(y: np.ndarray, payloads: dict[int, dict[str, dict[str, Any]]],
                                censored_depleted=float(dc.mean()) if len(dc) else float("nan"),
                                km_difference=kd["median"] - kb["median"]
                                if np.isfinite(kd["median"]) and np.isfinite(kb["median"]) else float("nan"))
+                if q in aligned:  # a rate: bootstrap intervals over the attack images
+                    row["ci"] = rate_intervals(aligned[q], seed=cfg.seed + 1000 * d + len(rows))
                 if q in ("own_success", "others_success"):
                     row["margin"] = margin_adjusted(y, payloads, d, attack, own=q == "own_success",
                                                     resamples=min(cfg.permutations, 2000),
@@ -424,15 +508,9 @@ def conclusions(tests: list[dict[str, Any]], class_names: list[str], accuracy_ro
                 alpha: float) -> list[str]:
     """Sentences assembled from the measured differences and the test outcomes (only the frame is fixed)."""
     out: list[str] = []
-    drops = np.array([_f(r["class_accuracy_delta"]) for r in accuracy_rows])
-    if np.isfinite(drops).any():
-        worst = accuracy_rows[int(np.nanargmax(drops))]
-        overall = np.array([_f(r["accuracy_delta"]) for r in accuracy_rows])
-        out.append(f"Depletion lowered the depleted class's own test accuracy by {np.nanmean(drops):.1%} on "
-                   f"average (range {np.nanmin(drops):.1%} to {np.nanmax(drops):.1%}; largest for "
-                   f"'{class_names[worst['class']]}', {_f(worst['balanced_class_accuracy']):.1%} → "
-                   f"{_f(worst['class_accuracy']):.1%}); overall accuracy changed by "
-                   f"{np.nanmean(overall):+.1%}.")
+    sentence = accuracy_conclusion(accuracy_rows, class_names)
+    if sentence:
+        out.append(sentence)
     by_key: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for t in tests:
         by_key.setdefault((t["attack"], t["question"]), []).append(t)
@@ -464,6 +542,54 @@ def conclusions(tests: list[dict[str, Any]], class_names: list[str], accuracy_ro
                  f"{_name_list(stated, class_names)}.")
         out.append(text)
     return out
+
+
+def _pct_interval(iv: dict[str, Any] | None, value: Any) -> str:
+    """``97.3% [95% CI 96.1%, 98.2%]`` (just the value without a stored interval)."""
+    if not iv or not (np.isfinite(_f(iv.get("lo"))) and np.isfinite(_f(iv.get("hi")))):
+        return f"{_f(value):.1%}"
+    return f"{_f(iv['estimate']):.1%} [95% CI {_f(iv['lo']):.1%}, {_f(iv['hi']):.1%}]"
+
+
+def _side(a: dict[str, Any] | None, b: dict[str, Any] | None) -> str:
+    """"lower" / "higher" when the intervals of ``a`` and ``b`` do not overlap, else "overlap"."""
+    if not a or not b or intervals_overlap(a, b):
+        return "overlap"
+    return "lower" if _f(a["estimate"]) < _f(b["estimate"]) else "higher"
+
+
+def accuracy_conclusion(rows: list[dict[str, Any]], class_names: list[str]) -> str | None:
+    """The Table 5.2 sentence: how depletion changed the depleted class's own test accuracy and the overall
+    accuracy, with a direction only for the classes whose 95% Wilson intervals (``row["ci"]``, counts pooled
+    over seeds × test images) of the depleted and balanced model do not overlap."""
+    drops = np.array([_f(r["class_accuracy_delta"]) for r in rows])
+    if not np.isfinite(drops).any():
+        return None
+    ci = [r.get("ci") or {} for r in rows]
+    own = [_side(c.get("class_accuracy"), c.get("balanced_class_accuracy")) for c in ci]
+    overall = [_side(c.get("accuracy"), c.get("balanced_accuracy")) for c in ci]
+    lower, higher, n = own.count("lower"), own.count("higher"), len(rows)
+    worst_i = int(np.nanargmax(drops))
+    worst, wci = rows[worst_i], ci[worst_i]
+    if lower and not higher:
+        head = f"Depletion lowered the depleted class's own test accuracy for {lower} of {n} classes"
+    elif higher and not lower:
+        head = f"Depletion raised the depleted class's own test accuracy for {higher} of {n} classes"
+    elif lower:
+        head = f"Depletion changed the depleted class's own test accuracy: lower for {lower}, higher for {higher} " \
+               f"of {n} classes"
+    else:
+        head = f"Depletion did not measurably change the depleted class's own test accuracy in any of {n} classes"
+    over = np.array([_f(r["accuracy_delta"]) for r in rows])
+    moved = [f"{w} for {overall.count(w)}" for w in ("lower", "higher") if overall.count(w)]
+    return (f"{head} (95% Wilson intervals of the balanced and depleted model apart; counts pooled over seeds × "
+            f"test images): balanced − depleted {np.nanmean(drops):+.1%} on average (range {np.nanmin(drops):+.1%} "
+            f"to {np.nanmax(drops):+.1%}; largest for '{class_names[worst['class']]}', "
+            f"{_pct_interval(wci.get('balanced_class_accuracy'), worst['balanced_class_accuracy'])} → "
+            f"{_pct_interval(wci.get('class_accuracy'), worst['class_accuracy'])}); overall accuracy changed by "
+            f"{np.nanmean(over):+.1%} on average, "
+            + (f"outside the intervals {' and '.join(moved)} of {n} models." if moved else
+               "within the intervals for every model."))
 
 
 #: The headline's questions: (key, what is measured, unit scale, digits, word when up, word when down).
