@@ -45,10 +45,14 @@ def main() -> None:
     parser.add_argument("--harden-rounds", type=int, default=3)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--runs", default=str(ROOT / "runs"))
+    parser.add_argument("--run-name", default="bench-security",
+                        help="run directory under --runs holding the cached F and D (one process per directory)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--thresholds", nargs="*", default=["0.5", "fpr"], choices=["0.5", "fpr"])
     parser.add_argument("--out", default="security.json", help="file name under benchmarks/results/")
-    parser.add_argument("--modes", nargs="*", default=["orthogonal", "selective", "combined"])
+    parser.add_argument("--modes", nargs="*", default=["orthogonal", "selective"])
+    parser.add_argument("--warm-modes", nargs="*", default=["selective", "orthogonal"],
+                        help="the ensemble's warm-restart group (none: the first group and PGD on F only)")
     parser.add_argument("--lams", nargs="*", type=float, default=[1.0, 4.0])
     args = parser.parse_args()
     set_quiet(True)
@@ -56,7 +60,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     cfg = Config(device=args.device)
-    ctx = open_study("detection", cfg, Path(args.runs) / "bench-security")
+    ctx = open_study("detection", cfg, Path(args.runs) / args.run_name)
     try:
         spec = ATTACK_SPECS["bim"]
         train = draw("train-subset", ctx.train, cfg.n_train, cfg.seed)
@@ -77,13 +81,16 @@ def main() -> None:
         x_cal = test.x[rest].to(ctx.device)
         budgets = args.eps or [eps_star, 0.2, 0.3]
         out = {"eps_star": eps_star, "images": len(x), "steps": args.steps, "restarts": args.restarts,
-               "modes": args.modes, "lams": args.lams,
+               "modes": args.modes, "lams": args.lams, "warm_modes": args.warm_modes,
+               "ensemble": [a.label for a in strongest_attack(
+                   eps_star, lams=args.lams, modes=args.modes, warm_modes=args.warm_modes).attacks],
                "calibration_images": len(x_cal), "device": str(ctx.device), "threads": torch.get_num_threads()}
         settings = {"0.5": ("threshold-0.5", None), "fpr": ("fpr-5%", 0.05)}
         for name, fpr in (settings[t] for t in args.thresholds):
             start = time.perf_counter()
             def attacks(e):
-                return strongest_attack(e, steps=args.steps, restarts=args.restarts, lams=args.lams, modes=args.modes)
+                return strongest_attack(e, steps=args.steps, restarts=args.restarts, lams=args.lams, modes=args.modes,
+                                        warm_modes=args.warm_modes)
 
             res = robust_detection(F, D, x, y, budgets, fpr=fpr, x_calibration=x_cal, attacks=attacks)
             out[name] = res.to_dict()
@@ -113,7 +120,8 @@ def hardened(ctx, D, train, adv_train, x, y, x_cal, args) -> dict:
     out = {"harden_seconds": time.perf_counter() - start, "rounds": hard.rounds, "images": n}
 
     def attacks(e):
-        return strongest_attack(e, steps=args.steps, restarts=args.restarts, lams=args.lams, modes=args.modes)
+        return strongest_attack(e, steps=args.steps, restarts=args.restarts, lams=args.lams, modes=args.modes,
+                                warm_modes=args.warm_modes)
 
     res = robust_detection(ctx.model, hard.detector, x, y, [0.1, 0.2], fpr=0.05, x_calibration=x_cal,
                            attacks=attacks)

@@ -216,3 +216,70 @@ def test_a_detector_without_gradient_is_attacked_through_the_classifier_alone():
     x, y = _pixel(0.5, 0.5, 2), torch.zeros(2, dtype=torch.long)
     res = DetectorPGD(eps=0.15, mode="orthogonal", steps=10)(LinearF(), Constant(), x, y)
     assert bool(res.both.all())
+
+
+# ------------------------------------------------------------------ the stronger attack's options
+def test_kappa_d_aims_below_the_threshold_by_its_margin():
+    """F cannot be fooled inside the ball (x₁ ≤ 0.5 < 0.6); D's logit 50·(x₂ − 0.4) can be pushed down to −5
+    along x₂: the best point's detector logit lies κ_D below the threshold's logit (0 at τ = 0.5), not at it."""
+
+    class SteepD(LinearD):
+        def _logit(self, x):
+            return 50 * (x.flatten(1)[:, 1] - 0.4)
+
+    F, D = LinearF(), SteepD()
+    x, y = _pixel(0.3, 0.5, 2), torch.zeros(2, dtype=torch.long)
+    for kappa_d in (0.0, 1.0, 3.0):
+        res = DetectorPGD(eps=0.2, mode="selective", steps=40, kappa=0.5, kappa_d=kappa_d, schedule="fixed")(F, D, x, y)
+        logit = D._logit(res.x_adv)
+        assert float(logit.max()) <= -kappa_d + 1e-4
+        assert float((res.x_adv - x).abs().max()) <= 0.2 + 1e-6
+        if kappa_d == 0.0:
+            assert float(logit.max()) > -1.0  # without the margin it stops at the threshold
+    with pytest.raises(ValueError, match="kappa_d"):
+        DetectorPGD(eps=0.1, kappa_d=-1.0)
+
+
+def test_normalized_direction_balances_the_two_gradients():
+    g_f = torch.tensor([1000.0, 0.0]).view(1, 1, 1, 2)
+    g_d = torch.tensor([0.0, -1.0]).view(1, 1, 1, 2)
+    h = torch.ones(1)
+    plain = DetectorPGD(eps=0.1, mode="selective")._direction(g_f, g_d, h, h)
+    unit = DetectorPGD(eps=0.1, mode="selective", normalize=True, lam=2.0)._direction(g_f, g_d, h, h)
+    assert torch.allclose(plain.flatten(), torch.tensor([1000.0, -1.0]))
+    assert torch.allclose(unit.flatten(), torch.tensor([1.0, -2.0]))
+
+
+def test_warm_restarts_start_near_the_best_point_and_cycle_the_surrogate(monkeypatch):
+    F, D = LinearF(), LinearD()
+    x, y = _pixel(0.5, 0.5, 2), torch.zeros(2, dtype=torch.long)  # ε = 0.05: never a success, 3 restarts run
+    seen = []
+    original = DetectorPGD._run_once
+
+    def spy(self, model, detector, xs, ys, start, thr):
+        out = original(self, model, detector, xs, ys, start, thr)
+        seen.append((start.clone(), self._beta_now, out[0][0].clone()))
+        return out
+
+    monkeypatch.setattr(DetectorPGD, "_run_once", spy)
+    attack = DetectorPGD(eps=0.05, mode="selective", steps=5, restarts=3, warm=True, beta=(10.0, 3.0))
+    attack(F, D, x, y)
+    assert [b for _, b, _ in seen] == [10.0, 3.0, 10.0]
+    assert torch.equal(seen[0][0], x)
+    best_after_first = seen[0][2]
+    # restart 1 starts within ε/2 of restart 0's best point (a cold restart is anywhere in the ε-ball)
+    assert float((seen[1][0] - best_after_first).abs().max()) <= 0.025 + 1e-6
+    assert "warm" in attack.label and "beta10/3" in attack.label
+
+
+def test_strongest_attack_members_are_distinct_and_verified(small_pair):
+    F, D, x, y = small_pair
+    ens = strongest_attack(0.1, steps=4, restarts=2, lams=[1.0])
+    labels = [a.label for a in ens.attacks]
+    assert len(set(labels)) == len(labels) == 5
+    out = ens(F, D, x, y)
+    exact = (F(out.x_adv).argmax(1) != y) & (D.score(out.x_adv) <= D.threshold)
+    assert torch.equal(out.both, exact)
+    assert float((out.x_adv - x).abs().max()) <= 0.1 + 1e-6
+    with pytest.raises(ValueError, match="modes"):
+        strongest_attack(0.1, warm_modes=["sideways"])

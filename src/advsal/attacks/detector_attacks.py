@@ -145,7 +145,15 @@ class DetectorPGD(AdaptiveAttack):
         restarts (int): starts per image (default 1; restart 0 from x, then uniform in the ball).
         lam (float): weight λ of the detector term (combined, selective; default 1).
         kappa (float): hinge margin κ in logit units (default 2).
-        beta (float): softplus sharpness of the saliency surrogate (default 10).
+        kappa_d (float | None): margin of the detector hinge alone (default ``kappa``): the attack aims at
+            ``logit(τ) − kappa_d`` so that a later step on F does not push D back over its threshold.
+        beta (float | sequence): softplus sharpness of the saliency surrogate (default 10); a sequence is a
+            schedule over restarts (restart r uses ``beta[r % len(beta)]``): different surrogates, different
+            gradients.
+        warm (bool): restarts after the first start from the best point so far plus uniform noise of half the
+            budget, instead of uniformly in the ball (default False).
+        normalize (bool): combined / selective direction from per-example unit gradients,
+            ĝ_F + λ·ĝ_D, so that neither objective's scale swamps the other's sign (default False).
         eot (int): detector gradient averaged over this many evaluations (randomised detectors; default 1).
         schedule (str): "apgd" (default) or "fixed" step sizes.
         seed (int): seeds the random starts.
@@ -156,8 +164,9 @@ class DetectorPGD(AdaptiveAttack):
     name = "detector-pgd"
 
     def __init__(self, eps: float, norm: str = "linf", mode: str = "combined", steps: int = 100,
-                 restarts: int = 1, lam: float = 1.0, kappa: float = 2.0, beta: float = 10.0, eot: int = 1,
-                 schedule: str = "apgd", seed: int = 0, batch_size: int | None = None):
+                 restarts: int = 1, lam: float = 1.0, kappa: float = 2.0, beta: float | Sequence[float] = 10.0,
+                 eot: int = 1, schedule: str = "apgd", seed: int = 0, kappa_d: float | None = None,
+                 warm: bool = False, normalize: bool = False, batch_size: int | None = None):
         super().__init__(batch_size)
         self.eps = check_nonnegative("eps", eps)
         if norm not in NORMS:
@@ -171,17 +180,26 @@ class DetectorPGD(AdaptiveAttack):
         self.restarts = check_positive_int("restarts", restarts)
         self.lam = check_nonnegative("lam", lam)
         self.kappa = check_nonnegative("kappa", kappa)
-        if not (isinstance(beta, (int, float)) and beta > 0):
-            raise InputError(f"beta (softplus sharpness of the surrogate) must be > 0, got {beta!r}")
-        self.beta = float(beta)
+        self.kappa_d = self.kappa if kappa_d is None else check_nonnegative("kappa_d", kappa_d)
+        betas = list(beta) if isinstance(beta, (list, tuple)) else [beta]
+        if not betas or not all(isinstance(b, (int, float)) and b > 0 for b in betas):
+            raise InputError(f"beta (softplus sharpness of the surrogate) must be > 0 or a non-empty list of "
+                             f"such values, got {beta!r}")
+        self.betas = [float(b) for b in betas]
+        self.beta = self._beta_now = self.betas[0]
+        self.warm, self.normalize = bool(warm), bool(normalize)
         self.eot = check_positive_int("eot", eot)
         self.seed = seed
 
     @property
     def label(self) -> str:
-        """Short name for tables: mode, λ where it matters, norm."""
+        """Short name for tables: mode, λ where it matters, the options that differ from the defaults, norm."""
         lam = f"-lam{self.lam:g}" if self.mode != "orthogonal" else ""
-        return f"{self.mode}{lam}-{self.norm}"
+        opts = "".join([f"-kd{self.kappa_d:g}" if self.kappa_d != self.kappa else "",
+                        "-beta" + "/".join(f"{b:g}" for b in self.betas) if len(self.betas) > 1 else "",
+                        "-norm" if self.normalize and self.mode != "orthogonal" else "",
+                        "-warm" if self.warm else ""])
+        return f"{self.mode}{lam}{opts}-{self.norm}"
 
     # -- geometry --
     def _project(self, x_new: Tensor, x: Tensor) -> Tensor:
@@ -192,13 +210,16 @@ class DetectorPGD(AdaptiveAttack):
         delta = delta * _rows(torch.clamp(self.eps / norms, max=1.0), delta)
         return (x + delta).clamp(0, 1)  # clipping to [0, 1] only shortens δ: it stays in the ball
 
-    def _random_start(self, x: Tensor, gen: torch.Generator) -> Tensor:
+    def _random_start(self, x: Tensor, gen: torch.Generator, scale: float = 1.0) -> Tensor:
+        """A uniform point within ``scale``·ε of x (L∞ box, or L2 ball radius); not yet projected to the ball
+        around the clean image (``_run_once`` does that)."""
+        radius = scale * self.eps
         if self.norm == "linf":
             u = torch.rand(x.shape, generator=gen).to(x.device) * 2 - 1
-            return self._project(x + self.eps * u, x)
+            return (x + radius * u).clamp(0, 1)
         d = torch.randn(x.shape, generator=gen).to(x.device)
         r = torch.rand(len(x), generator=gen).to(x.device)
-        return self._project(x + _rows(self.eps * r, x) * _l2_normalise(d), x)
+        return (x + _rows(radius * r, x) * _l2_normalise(d)).clamp(0, 1)
 
     def _step(self, x_adv: Tensor, direction: Tensor, step: Tensor) -> Tensor:
         unit = direction.sign() if self.norm == "linf" else _l2_normalise(direction)
@@ -214,9 +235,9 @@ class DetectorPGD(AdaptiveAttack):
                 xr = x_adv.detach().requires_grad_(True)
                 logits = model(xr)
                 margin_f = classification_margin(logits, y)
-                margin_d = detector_logit(model, detector, xr, logits, self.beta).to(xr.dtype) - thr
+                margin_d = detector_logit(model, detector, xr, logits, self._beta_now).to(xr.dtype) - thr
                 h_f = (margin_f + self.kappa).clamp_min(0)
-                h_d = (margin_d + self.kappa).clamp_min(0)
+                h_d = (margin_d + self.kappa_d).clamp_min(0)
                 (g_f,) = torch.autograd.grad(h_f.sum(), xr, retain_graph=True)
                 # a detector logit without a graph to x (no gradient at all) contributes no direction
                 (gd,) = (torch.autograd.grad(h_d.sum(), xr, allow_unused=True) if h_d.requires_grad else (None,))
@@ -225,6 +246,9 @@ class DetectorPGD(AdaptiveAttack):
         return (h_f.detach(), h_d_sum / self.eot, g_f, g_d / self.eot, margin_f.detach(), margin_d.detach())
 
     def _direction(self, g_f: Tensor, g_d: Tensor, h_f: Tensor, h_d: Tensor) -> Tensor:
+        if self.normalize and self.mode != "orthogonal":
+            g_f = g_f / _rows(g_f.flatten(1).norm(dim=1).clamp_min(_TINY), g_f)
+            g_d = g_d / _rows(g_d.flatten(1).norm(dim=1).clamp_min(_TINY), g_d)
         if self.mode == "combined":
             return g_f + self.lam * g_d
         if self.mode == "selective":
@@ -245,7 +269,13 @@ class DetectorPGD(AdaptiveAttack):
             if len(idx) == 0:
                 break
             xs, ys = x[idx], y[idx]
-            start = xs.clone() if restart == 0 else self._random_start(xs, gen)
+            if restart == 0:
+                start = xs.clone()
+            elif self.warm:  # from the best point so far, shaken by noise of half the budget
+                start = self._random_start(best[idx], gen, 0.5)
+            else:
+                start = self._random_start(xs, gen)
+            self._beta_now = self.betas[restart % len(self.betas)]
             found, loss = self._run_once(model, detector, xs, ys, start, thr)
             better = found[1] | (~done[idx] & (loss < best_loss[idx]))
             sel = idx[better]
@@ -357,11 +387,24 @@ class DetectorAttackEnsemble(AdaptiveAttack):
 
 def strongest_attack(eps: float, norm: str = "linf", steps: int = 100, restarts: int = 2,
                      lams: Sequence[float] = (1.0, 4.0), kappa: float = 2.0, beta: float = 10.0, eot: int = 1,
-                     seed: int = 0, modes: Sequence[str] = ("orthogonal", "selective", "combined"),
+                     seed: int = 0, modes: Sequence[str] = ("orthogonal", "selective"),
+                     warm_modes: Sequence[str] = ("selective", "orthogonal"),
+                     warm_betas: Sequence[float] = (10.0, 3.0, 30.0), warm_kappa_d: float = 5.0,
                      batch_size: int | None = None) -> DetectorAttackEnsemble:
-    """The library's strongest attack on (F, D) at budget ``eps``: an ensemble of Orthogonal PGD, Selective PGD
-    and the combined loss over the λ sweep ``lams``, each with APGD's step sizes and ``restarts`` starts, then
-    PGD on F alone (λ = 0; it counts the images F alone can be fooled on). Best point per image."""
+    """The library's strongest attack on (F, D) at budget ``eps``: an ensemble, best point per image, each
+    member with APGD's step sizes and ``restarts`` starts, run on the images the previous ones did not break:
+
+    1. ``modes``: Orthogonal PGD, Selective PGD over the λ sweep ``lams`` (``"combined"`` adds combined-loss PGD
+       per λ; with the hinge losses it steps like Selective PGD, so it is not in the default);
+    2. ``warm_modes``: the same step rules once more, each restart from the best point so far (``warm``), the
+       surrogate's sharpness varied over restarts (``warm_betas``) — Selective PGD per λ with unit-normalised
+       gradients (``normalize``), Orthogonal PGD aiming ``warm_kappa_d`` logits below the threshold;
+    3. PGD on F alone (λ = 0; it counts the images F alone can be fooled on).
+
+    Pass ``warm_modes=()`` for the first and last groups only."""
+    for mode in (*modes, *warm_modes):
+        if mode not in MODES:
+            raise InputError(f"modes must be drawn from {', '.join(MODES)}, got {mode!r}")
     common = {"eps": eps, "norm": norm, "steps": steps, "restarts": restarts, "kappa": kappa, "beta": beta,
               "eot": eot, "seed": seed}
     attacks: list[AdaptiveAttack] = []
@@ -370,6 +413,12 @@ def strongest_attack(eps: float, norm: str = "linf", steps: int = 100, restarts:
             attacks.append(DetectorPGD(mode="orthogonal", **common))
         else:
             attacks += [DetectorPGD(mode=mode, lam=lam, **common) for lam in lams]
+    warm = {**common, "beta": tuple(warm_betas), "warm": True, "seed": seed + 1}
+    for mode in warm_modes:
+        if mode == "orthogonal":
+            attacks.append(DetectorPGD(mode="orthogonal", kappa_d=warm_kappa_d, **warm))
+        else:
+            attacks += [DetectorPGD(mode=mode, lam=lam, normalize=True, **warm) for lam in lams]
     attacks.append(DetectorPGD(mode="combined", lam=0.0, **{**common, "restarts": 1}))
     return DetectorAttackEnsemble(attacks, batch_size=batch_size)
 
