@@ -396,3 +396,24 @@ def test_a_changed_field_recomputes_exactly_its_downstream_stages(tiny_run, tiny
     if "min_effect" in change:  # the analysis and the figures did follow the change
         assert all(r["outcome"] != "differs" for r in results["comparison"]["rows"] if abs(r["effect"]) < 0.3)
         assert load_file(str(run_dir / "figure_maps.safetensors"))["pgd/x"].shape[0] == 2
+
+
+def test_tiny_run_success_rates_carry_exact_intervals_that_contain_them(tiny_run):
+    """Issue #17: each attack's success rate (and control flip rate) has its Clopper–Pearson 95% interval in
+    results.json, in the attacks table and in the findings."""
+    from scipy.stats import binomtest
+
+    run_dir, _ = tiny_run
+    stored = json.loads((run_dir / "results.json").read_text())
+    md = (run_dir / "report.md").read_text()
+    for a in stored["attacks"].values():
+        iv = a["ci"]["success_rate"]
+        ref = binomtest(a["n_success"], a["n_attacked"]).proportion_ci(0.95, method="exact")
+        assert iv["lo"] <= a["success_rate"] <= iv["hi"] and (iv["lo"], iv["hi"]) == pytest.approx((ref.low, ref.high))
+        if 0 < a["n_success"] < a["n_attacked"]:
+            assert f"{a['success_rate']:.3f} [{iv['lo']:.3f}, {iv['hi']:.3f}]" in md
+    from advsal.report.attention import attention_findings
+
+    first = attention_findings(stored)[0]
+    assert first["section"] == "attacks" and "[95% CI" in first["text"] and first["text"] in md
+    assert "Clopper–Pearson" in md

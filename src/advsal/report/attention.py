@@ -109,17 +109,41 @@ def _evidence(test: dict[str, Any]) -> str:
 
 
 #: The claims the report opens with, in this order (the paper's headline claims and the PGD-vs-Pixel contrast).
-HEADLINE = ("pgd-distorts-true-cam", "pgd-keeps-roi", "pgd-diffuses", "pixel-shifts-roi", "pixel-cam-toward-or-away",
-            "attacks-differ")
+HEADLINE = ("pgd-distorts-true-cam", "pgd-keeps-roi", "pgd-diffuses", "pixel-shifts-roi", "attacks-differ",
+            "pixel-cam-toward-or-away")
+
+
+def _rate_text(iv: dict[str, Any] | None, value: Any) -> str:
+    """``0.990 [95% CI 0.964, 0.999]`` (the bare value without a stored interval)."""
+    lo, hi = (_num(iv.get("lo")), _num(iv.get("hi"))) if iv else (math.nan, math.nan)
+    v = _num(iv["estimate"]) if iv else _num(value)
+    return f"{v:.3f} [95% CI {lo:.3f}, {hi:.3f}]" if np.isfinite(lo) and np.isfinite(hi) else f"{v:.3f}"
+
+
+def attacks_finding(results: dict[str, Any]) -> dict[str, str] | None:
+    """How often each attack fooled the classifier, with the exact binomial interval of each success rate."""
+    attacks = results.get("attacks") or {}
+    if not attacks:
+        return None
+    parts = [f"{_nice(name)} {a['n_success']} of {a['n_attacked']} "
+             f"({_rate_text((a.get('ci') or {}).get('success_rate'), a['success_rate'])})"
+             for name, a in attacks.items()]
+    return {"text": "Attack success on the correctly classified test images (exact binomial 95% intervals): "
+                    + "; ".join(parts) + ". Every saliency result below is measured on the successful examples.",
+            "section": "attacks"}
 
 
 def attention_findings(results: dict[str, Any]) -> list[dict[str, str]]:
-    """The verdicts the report opens with (``{"text", "section"}``): six claims of seed 004 (``HEADLINE`` first),
-    each with its verdict and the first test's measured evidence, baseline and interval."""
+    """The verdicts the report opens with (``{"text", "section"}``): the attacks' success rates with their
+    intervals, then five claims of seed 004 (``HEADLINE`` first), each with its verdict and the first test's
+    measured evidence, baseline and interval."""
     out = []
+    attacks = attacks_finding(results)
+    if attacks:
+        out.append(attacks)
     claims = results.get("claims", [])
     rank = {cid: i for i, cid in enumerate(HEADLINE)}
-    for c in sorted(claims, key=lambda c: rank.get(c["id"], len(rank)))[:6]:
+    for c in sorted(claims, key=lambda c: rank.get(c["id"], len(rank)))[:6 - len(out)]:
         tests = c.get("tests", [])
         evidence = f" — {tests[0]['label']}: {_evidence(tests[0])} → {tests[0]['outcome']}" if tests else ""
         n_conf = sum(t["outcome"] == "confirmed" for t in tests)
@@ -150,7 +174,7 @@ def render_attention_report(run_dir: Path, results: dict[str, Any]) -> tuple[Pat
         f"last one is the last convolutional stage). x = original, x̂ = adversarial, C = true class, Ĉ = "
         f"adversarial class; the predicted class is C on x and Ĉ on x̂.")
 
-    rep.heading("Attacks")
+    rep.heading("Attacks", anchor="attacks")
     rows = []
     for name, a in results["attacks"].items():
         spec = a["spec"]
@@ -158,15 +182,17 @@ def render_attention_report(run_dir: Path, results: dict[str, Any]) -> tuple[Pat
                   f"ε={spec['eps']:g}, ≤ {spec['steps']} steps (mean {_num(a.get('mean_steps')):.1f})"
                   if spec["kind"] == "pgd-early" else
                   f"{spec['pixels']} px, population {spec['population']} × {spec['generations']} generations")
-        rows.append([_nice(name), params, a["n_attacked"], a["n_success"], a["success_rate"],
-                     a.get("mean_linf"), a.get("mean_l0"), a.get("mean_queries"), a.get("control_flips"),
-                     a["cpu_seconds"]])
+        ci = a.get("ci") or {}
+        rows.append([_nice(name), params, a["n_attacked"], a["n_success"], ci.get("success_rate", a["success_rate"]),
+                     a.get("mean_linf"), a.get("mean_l0"), a.get("mean_queries"),
+                     ci.get("control_flips", a.get("control_flips")), a["cpu_seconds"]])
     rep.table(["attack", "settings", "attacked", "successful", "success rate", "mean L∞ (succ.)",
                "mean L0 px (succ.)", "mean queries", "random control flips", "attack CPU s"], rows,
               caption="Pixel Attack runs with a reduced differential-evolution budget (Su et al.: population "
                       "400 × "
                       "100 generations); 'random control flips' = share of the random same-budget "
-                      "perturbations that change the prediction.")
+                      "perturbations that change the prediction. Brackets: exact (Clopper–Pearson) 95% binomial "
+                      "intervals (success: of the attacked images; control flips: of the successful examples).")
     pool = results.get("pixel_pool", {})
     rep.paragraph("The pooled Pixel Attack group has one example per image — its successful run with the "
                   f"fewest "

@@ -43,6 +43,7 @@ from ..stats import (
     median_bootstrap,
     paired_interval,
     paired_test,
+    proportion_interval,
     rate_test,
     spearman_interval,
 )
@@ -460,7 +461,9 @@ def distribution_metrics(layers: list[str]) -> list[str]:
 
 
 def attack_row(spec: dict[str, Any], adv: Stage, maps: Stage) -> dict[str, Any]:
-    """One attack's line of the attacks table: success, norms, queries, control flips and timings."""
+    """One attack's line of the attacks table: success, norms, queries, control flips and timings; ``ci``: the
+    success rate's and the control flip rate's exact (Clopper–Pearson) 95% intervals (simple proportions of the
+    attacked images and of the successful examples)."""
     succ = adv["success"].bool()
     row = {"spec": spec, "n_attacked": len(succ), "n_success": int(succ.sum()),
            "success_rate": float(succ.float().mean()), "seconds": float(adv["seconds"]),
@@ -469,6 +472,11 @@ def attack_row(spec: dict[str, Any], adv: Stage, maps: Stage) -> dict[str, Any]:
            "mean_l0": float(adv["l0"][succ].mean()) if succ.any() else math.nan,
            "control_flips": maps.get("control_flips", math.nan),
            "maps_seconds": float(maps["seconds"]), "maps_cpu_seconds": float(maps["cpu_seconds"])}
+    n_ctrl = int(maps.get("n", 0))
+    flips = row["control_flips"]
+    row["ci"] = {"success_rate": proportion_interval(int(succ.sum()), len(succ), "exact"),
+                 "control_flips": proportion_interval(round(float(flips) * n_ctrl), n_ctrl, "exact")
+                 if n_ctrl and math.isfinite(float(flips)) else proportion_interval(0, 0)}
     if "steps" in adv:
         row["mean_steps"] = float(adv["steps"].mean())
     if "queries" in adv:
