@@ -13,6 +13,7 @@ import numpy as np
 from .charts import distributions, grouped_bars, line_plot
 from .document import Report
 from .figures import saliency_grid
+from .findings import compare
 
 
 def setting_label(row: dict[str, Any]) -> str:
@@ -41,7 +42,9 @@ def tuned_lines(results: dict[str, Any]) -> list[str]:
             f"{o['candidates']} optimised settings per method): {ro['method']} {setting_label(ro)} vs "
             f"{rm['method']} {setting_label(rm)} at T={m['threshold']:.3g} — APE_D {ape['a']:.3f} vs {ape['b']:.3f}, "
             f"{_direction(ape, 'APE_D')} {diff_text(ape)} → {_verdict_phrase(ape)}; CC hit rate (empty = miss) "
-            f"{pct_text(cc['a'])} vs {pct_text(cc['b'])}, {_direction(cc, 'CC hit rate')} {diff_text(cc, pct=True)} "
+            f"{pct_ci_text(cc['a'], _same(_ci(o, 'cc_hit_all'), cc['a']))} vs "
+            f"{pct_ci_text(cc['b'], _same(_ci(m, 'cc_hit_all'), cc['b']))}, {_direction(cc, 'CC hit rate')} "
+            f"{diff_text(cc, pct=True)} "
             f"→ {_verdict_phrase(cc)}; mask area {pct_text(area['a'])} vs {pct_text(area['b'])}.")
     return out
 
@@ -122,9 +125,45 @@ def _ci_cell(t: dict[str, Any], pct: bool = False) -> str:
     return f"{f(t.get('diff'))} [{f(t.get('lo'))}, {f(t.get('hi'))}]"
 
 
-def _pct_cell(v: Any) -> str:
-    """A share as a percentage with one decimal ('–' when undefined)."""
-    return "–" if not math.isfinite(_num(v)) else f"{100 * _num(v):.1f}"
+def _pct_cell(v: Any, ci: dict[str, Any] | None = None) -> str:
+    """A share as a percentage with one decimal ('–' when undefined), followed by its 95% interval ``ci``
+    ("[lo, hi]", percent) when one is stored."""
+    if not math.isfinite(_num(v)):
+        return "–"
+    lo, hi = (_num(ci.get("lo")), _num(ci.get("hi"))) if ci else (math.nan, math.nan)
+    bounds = f" [{100 * lo:.1f}, {100 * hi:.1f}]" if math.isfinite(lo) and math.isfinite(hi) else ""
+    return f"{100 * _num(v):.1f}{bounds}"
+
+
+def _ci(row: dict[str, Any], key: str) -> dict[str, Any] | None:
+    """The stored 95% interval of ``row[key]`` (``row["ci"][key]``), if any."""
+    return (row.get("ci") or {}).get(key)
+
+
+def _with_ci(row: dict[str, Any], key: str) -> Any:
+    """A table cell: ``row[key]`` as an interval cell when its interval is stored, else the bare value."""
+    return _ci(row, key) or row.get(key)
+
+
+def _share(e: dict[str, Any], key: str) -> str:
+    """" (0.30 [0.07, 0.65])": an emptiness share with its stored exact interval ('' without one)."""
+    iv = (e.get("ci") or {}).get(key)
+    if not iv or not (math.isfinite(_num(iv.get("lo"))) and math.isfinite(_num(iv.get("hi")))):
+        return ""
+    return f" ({_num(iv['estimate']):.2f} [{_num(iv['lo']):.2f}, {_num(iv['hi']):.2f}])"
+
+
+def _same(ci: dict[str, Any] | None, value: Any) -> dict[str, Any] | None:
+    """``ci`` when it is the interval of ``value`` (a comparison's mean over the same images), else None."""
+    return ci if ci and math.isclose(_num(ci.get("estimate")), _num(value), rel_tol=1e-9, abs_tol=1e-12) else None
+
+
+def pct_ci_text(v: Any, ci: dict[str, Any] | None) -> str:
+    """``55.0% [95% CI 45.1%, 64.2%]`` (just the percentage without a stored interval)."""
+    lo, hi = (_num(ci.get("lo")), _num(ci.get("hi"))) if ci else (math.nan, math.nan)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return pct_text(v)
+    return f"{pct_text(v)} [95% CI {100 * lo:.1f}%, {100 * hi:.1f}%]"
 
 
 def _figure_tensors(run_dir: Path) -> dict[str, np.ndarray]:
@@ -148,14 +187,22 @@ def _best(rows: list[dict[str, Any]], key: str, lowest: bool) -> dict[str, Any] 
 
 
 def _best_text(r: dict[str, Any], key: str) -> str:
+    iv = _ci(r, key)
     if key == "ape":
-        return f"{r[key]:.4f} ({_short(r)})"
-    return f"{100 * r[key]:.1f}% ({_short(r)}, {r['n'] - r['empty_masks']} of {r['n']} masks non-empty)"
+        bounds = (f" [95% CI {_num(iv['lo']):.4f}, {_num(iv['hi']):.4f}]"
+                  if iv and math.isfinite(_num(iv.get("lo"))) and math.isfinite(_num(iv.get("hi"))) else "")
+        return f"{r[key]:.4f}{bounds} ({_short(r)})"
+    return f"{pct_ci_text(r[key], iv)} ({_short(r)}, {r['n'] - r['empty_masks']} of {r['n']} masks non-empty)"
+
+
+def _interval_of(r: dict[str, Any], key: str) -> dict[str, float]:
+    iv = _ci(r, key) or {}
+    return {"estimate": _num(r[key]), "lo": _num(iv.get("lo")), "hi": _num(iv.get("hi"))}
 
 
 def _conclusion(results: dict[str, Any]) -> list[str]:
     """Plain statements assembled from the measured rows and comparisons (nothing here is fixed text about the
-    outcome)."""
+    outcome). The best settings are compared by their 95% bootstrap intervals: overlapping intervals tie."""
     rows = results["table1"]
     ours = [r for r in rows if r["family"] == "ours"]
     mp = [r for r in rows if r["family"] == "mp"]
@@ -164,11 +211,13 @@ def _conclusion(results: dict[str, Any]) -> list[str]:
         bo, bm = _best(ours, key, lowest), _best(mp, key, lowest)
         if bo is None or bm is None:
             continue
-        better = (bo[key] < bm[key]) if lowest else (bo[key] > bm[key])
-        outcome = "tied with" if math.isclose(bo[key], bm[key]) else "better than" if better else "worse than"
+        side = compare(_interval_of(bo, key), _interval_of(bm, key))
+        outcome = ("tied with" if side == "ties" else
+                   "better than" if (side == "lower") == lowest else "worse than")
+        tie = " (their 95% intervals overlap)" if side == "ties" else ""
         out.append(f"Best {label}: regularized {_best_text(bo, key)} vs meaningful perturbation "
                    f"{_best_text(bm, key)} — at its best "
-                   f"setting the regularized method is {outcome} meaningful perturbation on this measure.")
+                   f"setting the regularized method is {outcome} meaningful perturbation on this measure{tie}.")
     comps = results.get("comparisons", [])
     if comps:
         for metric, label in (("ape", "APE_D"), ("cc_hit_rate", "CC hit rate")):
@@ -241,8 +290,9 @@ def render_explanation_report(run_dir: Path, results: dict[str, Any]) -> tuple[P
     ])
 
     rep.heading("Table 1 on " + cfg["data"]["name"], anchor="table-1")
-    table_rows = [[r["method"], *_coeffs(r), r["l0"], r["tv"], r["classification"], r["ape"],
-                   _pct_cell(r["cc_hit_rate"]), _pct_cell(r.get("cc_hit_all")), _pct_cell(r["area"]),
+    table_rows = [[r["method"], *_coeffs(r), r["l0"], r["tv"], r["classification"], _with_ci(r, "ape"),
+                   _pct_cell(r["cc_hit_rate"], _ci(r, "cc_hit_rate")),
+                   _pct_cell(r.get("cc_hit_all"), _ci(r, "cc_hit_all")), _pct_cell(r["area"], _ci(r, "area")),
                    r["empty_masks"]] for r in rows]
     rep.table(["Method", "L0 approx. coeff", "tv coeff", "tv_γ", "L0", "tv", "classification", "APE_D",
                "CCs hit rate (%)", "CC hit, empty = miss (%)", "mask area (%)", "empty masks"], table_rows, digits=4,
@@ -252,7 +302,8 @@ def render_explanation_report(run_dir: Path, results: dict[str, Any]) -> tuple[P
                       f"(Table 1's reading); 'empty = miss' over all images, counting an empty mask as 0 — the "
                       f"figure the comparisons test. The mask area (share of pixels) is the size of the "
                       f"explanation: for MP min it can far exceed L0, since deleting black background changes "
-                      f"no pixel.")
+                      f"no pixel. Brackets: 95% percentile-bootstrap intervals over the explained images "
+                      f"(for 'CCs hit rate' over those with a non-empty mask).")
     if rows and "ape_s" in rows[0]:
         rep.table(["Method", "setting", "L0 of kept", "tv", "|ΔM|", "APE_S", "APE_D", "mask area (%)"],
                   [[r["method"], setting_label(r), r["ape_s_l0"], r["tv"], r["ape_s_classification"], r["ape_s"],
@@ -263,12 +314,15 @@ def render_explanation_report(run_dir: Path, results: dict[str, Any]) -> tuple[P
                           "reported because the seed defines it beside APE_D.")
     rep.table(["Method", "setting", "mask area", "CCs per mask", "empty masks", "pooled CC hit (%)",
                "pointing game", "T (MP)", "seconds"],
-              [[r["method"], setting_label(r), r["area"], r["components"], r["empty_masks"],
-                _pct_cell(r["cc_hit_pooled"]), r["pointing"], r.get("threshold"), r["seconds"]] for r in rows],
+              [[r["method"], setting_label(r), _with_ci(r, "area"), r["components"], r["empty_masks"],
+                _pct_cell(r["cc_hit_pooled"], _ci(r, "cc_hit_pooled")), _with_ci(r, "pointing"), r.get("threshold"),
+                r["seconds"]] for r in rows],
               caption="Localisation companions: share of pixels in the mask, connected components per mask, "
                       "masks with no pixel (no CC hit rate), CC hit rate pooled over all components, pointing "
                       "game (maximum of the method's graded map inside the object: |Ĩ − I| for ours, 1 − m for "
-                      "MP), the chosen threshold, and the compute time.")
+                      "MP), the chosen threshold, and the compute time. Brackets: 95% percentile-bootstrap "
+                      "intervals over the explained images (the pooled CC hit rate resamples images with their "
+                      "components).")
 
     rep.heading("Seed 003 Table 1 (DDSM), for reference")
     rep.table(["Method", "L0 approx. coeff", "tv coeff", "tv_γ", "L0", "tv", "classification", "APE_D",
@@ -288,9 +342,11 @@ def render_explanation_report(run_dir: Path, results: dict[str, Any]) -> tuple[P
             paper = c.get("paper") or {}
             area = c.get("area", {})
             crow.append([o["method"], setting_label(o), m["method"], f"tv_γ={m['tv_gamma']:g}",
-                         _pct_cell(area.get("a")), _pct_cell(area.get("b")),
+                         _pct_cell(area.get("a"), _same(_ci(o, "area"), area.get("a"))),
+                         _pct_cell(area.get("b"), _same(_ci(m, "area"), area.get("b"))),
                          c["ape"]["a"], c["ape"]["b"], _ci_cell(c["ape"]), _holm_p(c["ape"]), c["ape"]["verdict"],
-                         _pct_cell(c["cc_hit_rate"]["a"]), _pct_cell(c["cc_hit_rate"]["b"]),
+                         _pct_cell(c["cc_hit_rate"]["a"], _same(_ci(o, "cc_hit_all"), c["cc_hit_rate"]["a"])),
+                         _pct_cell(c["cc_hit_rate"]["b"], _same(_ci(m, "cc_hit_all"), c["cc_hit_rate"]["b"])),
                          _ci_cell(c["cc_hit_rate"], pct=True), _holm_p(c["cc_hit_rate"]),
                          c["cc_hit_rate"]["verdict"], c.get("ape_s", {}).get("verdict", "–"),
                          paper.get("ape", "–"), paper.get("cc_hit_rate", "–")])
@@ -305,7 +361,8 @@ def render_explanation_report(run_dir: Path, results: dict[str, Any]) -> tuple[P
                           f"MP with its 95% Student-t interval, Wilcoxon signed-rank test (two-sided), p "
                           f"Holm-corrected over every APE_D, APE_S and CC test of this table; 'better'/'worse' "
                           f"when p_Holm < {cfg['alpha']} in the direction of the mean difference. The last two "
-                          f"columns give the paper's verdict from its Table 1.")
+                          f"columns give the paper's verdict from its Table 1. Areas and CC hit rates: 95% "
+                          f"percentile-bootstrap intervals over the images (Table 1's).")
         rep.bullets(verdict_lines(results))
     tuned = results.get("tuned")
     if tuned:
@@ -315,13 +372,15 @@ def render_explanation_report(run_dir: Path, results: dict[str, Any]) -> tuple[P
         rep.table(["variant", "picked setting", "T", "candidates", "tune APE_D", "held-out APE_D",
                    "held-out CC hit, empty = miss (%)", "held-out mask area (%)"],
                   [[p["method"], setting_label(trows[p["row"]]), p["threshold"], p["candidates"], p["tune_ape"],
-                    p["ape"], _pct_cell(p["cc_hit_all"]), _pct_cell(p["area"])] for p in tuned["picked"]], digits=4,
+                    _with_ci(p, "ape"), _pct_cell(p["cc_hit_all"], _ci(p, "cc_hit_all")),
+                    _pct_cell(p["area"], _ci(p, "area"))] for p in tuned["picked"]], digits=4,
                   caption=f"The {sel['n_explained']} explained images split at random into {tuned['n_tune']} tuning "
                           f"and {tuned['n_eval']} held-out images. Each variant picks the setting with the lowest "
                           f"mean APE_D on the tuning images among the same number of optimised settings: ours — "
                           f"Table 1's (α, β) at lr {rc['lr']:g} plus the (α, β, lr) candidates of the tuning grid; "
                           f"MP — Table 1's (λ1, λ2, β) plus its candidates, each with its threshold T scanned on "
-                          f"the tuning images (seed 003 §5.1's binarisation; a scan, no extra optimisation). The "
+                          f"the tuning images (seed 003 §5.1's binarisation; a scan, no extra optimisation); "
+                          f"held-out values with 95% percentile-bootstrap intervals over the held-out images. The "
                           f"Table 1 rows above are the 'transfer' rows: the paper's coefficients, untuned.")
         rep.table(["ours", "MP", "APE_D diff [95% CI]", "p_Holm", "APE_D: ours is", "CC diff [95% CI] (pp)",
                    "p_Holm ", "CC hit: ours is", "area ours (%)", "area MP (%)"],
@@ -367,12 +426,14 @@ def render_explanation_report(run_dir: Path, results: dict[str, Any]) -> tuple[P
         rep.table(["method", "setting", "empty / saturated images", "empty / other images",
                    "median clean 1 − p, empty", "median clean 1 − p, non-empty"],
                   [[_short(by_id[e["row"]]).split(" α=")[0], setting_label(by_id[e["row"]]),
-                    f"{e['empty_saturated']}/{e['n_saturated']}", f"{e['empty_unsaturated']}/{e['n_unsaturated']}",
+                    f"{e['empty_saturated']}/{e['n_saturated']}{_share(e, 'saturated')}",
+                    f"{e['empty_unsaturated']}/{e['n_unsaturated']}{_share(e, 'unsaturated')}",
                     e["median_slack_empty"], e["median_slack_nonempty"]] for e in empt], digits=6,
                   caption="An explained image is 'saturated' when the classifier's clean 1 − p ≤ 1e-4: there Eq. "
                           "13's probability term has almost no gradient (∂M_i = M_i(1 − M_i)·∂ log-odds), so the "
                           "sparsity and smoothness terms hold every element below ε and the mask stays empty. "
-                          "The log-complement loss keeps its gradient there.")
+                          "The log-complement loss keeps its gradient there. Brackets: the share of empty masks "
+                          "with its exact (Clopper–Pearson) 95% binomial interval.")
 
     if contrast:
         rep.heading("Contrast: gradient and Grad-CAM masks of the same area")
@@ -381,8 +442,9 @@ def render_explanation_report(run_dir: Path, results: dict[str, Any]) -> tuple[P
         for r in contrast:
             o = by_id[r["area_of"]]
             c = ccomp.get(r["id"], {})
-            crows.append([r["method"], f"{o['method']} {setting_label(o)}", r["area"], r["l0"], r["tv"],
-                          r["classification"], r["ape"], _pct_cell(r["cc_hit_rate"]), r["pointing"],
+            crows.append([r["method"], f"{o['method']} {setting_label(o)}", _with_ci(r, "area"), r["l0"], r["tv"],
+                          r["classification"], _with_ci(r, "ape"), _pct_cell(r["cc_hit_rate"], _ci(r, "cc_hit_rate")),
+                          _with_ci(r, "pointing"),
                           _ci_cell(c["ape"]) if c else "–", _holm_p(c["ape"]) if c else None,
                           c.get("ape", {}).get("verdict", "–"),
                           _ci_cell(c["cc_hit_rate"], pct=True) if c else "–",
@@ -395,7 +457,7 @@ def render_explanation_report(run_dir: Path, results: dict[str, Any]) -> tuple[P
                           "its top-k pixels with k = the regularized row's mask size per image, then perturbed "
                           "inside by the same phase 2. The last six columns compare the regularized row with the "
                           "map (paired over all images, Wilcoxon signed-rank, Holm-corrected over this table's "
-                          "tests).")
+                          "tests). Brackets: 95% percentile-bootstrap intervals over the explained images.")
 
     _figures(rep, run_dir, fig_dir, results, rows, contrast, by_id)
 

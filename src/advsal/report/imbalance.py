@@ -104,11 +104,18 @@ def _method_paragraphs(rep: Report, results: dict[str, Any]) -> None:
 
 
 def imbalance_findings(results: dict[str, Any]) -> list[dict[str, str]]:
-    """The verdicts the report opens with (``{"text", "section"}``): the generated conclusions on accuracy
-    (Table 5.2) and vulnerability (the paired tests), and how many comparisons are significant."""
+    """The verdicts the report opens with (``{"text", "section"}``): accuracy (Table 5.2, a direction only outside
+    the 95% intervals), the generated conclusions on vulnerability (the paired tests, seed-level intervals), and
+    how many comparisons are significant."""
+    from ..studies.imbalance.analysis import accuracy_conclusion
+
     out = []
+    rows = (results.get("table52") or {}).get("rows")
+    accuracy = accuracy_conclusion(rows, results["classes"]) if rows and results.get("classes") else None
+    if accuracy:  # computed from Table 5.2's stored numbers and intervals
+        out.append({"text": accuracy, "section": "table-5-2"})
     for line in results.get("conclusions", []):
-        if line.startswith("Depletion "):
+        if line.startswith("Depletion ") and not accuracy:
             out.append({"text": line, "section": "table-5-2"})
         elif line.startswith(("Answer:", "Adversarial examples of the other classes")):
             out.append({"text": line, "section": "vulnerability"})
@@ -333,15 +340,17 @@ def _vulnerability_section(rep: Report, results: dict[str, Any], fig_dir: Path) 
         bal, dep = vul["balanced"], vul[f"deplete{d}"]
         for a in ("fgsm", "bim"):
             conf, land = f"{a}.mean_confidence", f"{a}.landing_share"
-            row += [_f(bal[conf][d]), _f(dep[conf][d]), _f(bal[land][d]), _f(dep[land][d])]
+            pooled = f"{land}.pooled"  # pooled over seeds, with its Wilson interval
+            row += [_f(bal[conf][d]), _f(dep[conf][d]), bal[pooled][d] if pooled in bal else _f(bal[land][d]),
+                    dep[pooled][d] if pooled in dep else _f(dep[land][d])]
         rows.append(row)
     rep.table(["depleted class d", *[f"{ATTACK_LABELS[a]} {what}" for a in ("fgsm", "bim")
                                      for what in ("conf. balanced", "conf. depleted", "lands in d balanced",
                                                   "lands in d depleted")]], rows,
               caption="Mean softmax confidence of the successful untargeted adversarial predictions on d's "
-                      "images, and the share of the other classes' successful adversarial examples that land "
-                      "in d; each model on its own correctly classified images, means over seeds "
-                      "(descriptive).")
+                      "images (mean over seeds), and the share of the other classes' successful adversarial "
+                      "examples that land in d (pooled over seeds, with its 95% Wilson binomial interval); each "
+                      "model on its own correctly classified images (descriptive).")
 
     samples: dict[str, np.ndarray] = {}
     for d in depleted:

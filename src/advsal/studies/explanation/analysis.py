@@ -13,7 +13,7 @@ import torch
 
 from ...explanation import localization_scores
 from ...store import Stage
-from ..stats import finite_pairs, holm, mean_ci, nanmean, paired_test
+from ..stats import bootstrap_interval, finite_pairs, holm, mean_ci, nanmean, paired_test, proportion_interval
 from .config import Config
 from .protocol import PAPER_TABLE1, meaningful_rows, regularized_rows, threshold_grid
 from .steps import Explained
@@ -125,7 +125,31 @@ def summarize(per_image: dict[str, np.ndarray]) -> dict[str, Any]:
             "area": float(per_image["area"].mean()), "components": float(comps.mean()),
             "empty_masks": int((~defined).sum()), "cc_hit_all": float(per_image["cc_hit_all"].mean()),
             "ape_s": float(per_image["ape_s"].mean()), "ape_s_l0": float(per_image["ape_s_l0"].mean()),
-            "ape_s_classification": float(per_image["ape_s_classification"].mean())}
+            "ape_s_classification": float(per_image["ape_s_classification"].mean()),
+            "ci": row_intervals(per_image)}
+
+
+def mean_interval(values: np.ndarray) -> dict[str, float]:
+    """Mean of the finite per-image values with its 95% percentile-bootstrap interval over the images
+    (``stats.bootstrap_interval``, seeded)."""
+    v = np.asarray(values, dtype=np.float64)
+    return bootstrap_interval((v[np.isfinite(v)],), np.mean)
+
+
+def _ratio(hits: np.ndarray, components: np.ndarray, axis: int = -1) -> np.ndarray:
+    return hits.sum(axis=axis) / components.sum(axis=axis)
+
+
+def row_intervals(per_image: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    """95% bootstrap intervals over the explained images of a row's APE_D, its rates (CC hit rate over the
+    non-empty masks, over all images with empty = miss, pooled over components; pointing game) and its mask
+    area: the same estimates as :func:`summarize`'s."""
+    cc, comps = per_image["cc_hit_rate"], per_image["components"]
+    defined = np.isfinite(cc)
+    out = {k: mean_interval(per_image[k]) for k in ("ape", "cc_hit_rate", "cc_hit_all", "area", "pointing")}
+    out["cc_hit_pooled"] = (bootstrap_interval((cc[defined] * comps[defined], comps[defined]), _ratio, paired=True)
+                            if comps[defined].sum() else mean_interval(np.array([])))
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ comparisons
@@ -260,7 +284,8 @@ def tuned(cfg: Config, chosen: Explained, rows: list[dict[str, Any]], per_image:
                        "threshold": threshold, "candidates": len(cands), "tune_ape": tune_ape})
     for p in picked:
         v = scores[p["id"]]
-        p.update(ape=float(v["ape"].mean()), cc_hit_all=float(v["cc_hit_all"].mean()), area=float(v["area"].mean()))
+        p.update(ape=float(v["ape"].mean()), cc_hit_all=float(v["cc_hit_all"].mean()), area=float(v["area"].mean()),
+                 ci={k: mean_interval(v[k]) for k in ("ape", "cc_hit_all", "area")})
     comps = []
     for o in (p for p in picked if p["family"] == "ours"):
         for m in (p for p in picked if p["family"] == "mp"):
@@ -278,7 +303,8 @@ def emptiness(rows: list[dict[str, Any]], per_image: dict[str, dict[str, np.ndar
               clean: np.ndarray) -> list[dict[str, Any]]:
     """Empty regularized masks against the clean confidence: per "ours" row, the count of empty masks among the
     saturated images (clean 1 − p ≤ ``SATURATED``, where Eq. 13's probability has almost no gradient) and among
-    the others, and the median clean 1 − p of the images with and without an empty mask."""
+    the others (``ci``: each share with its exact Clopper–Pearson 95% interval), and the median clean 1 − p of
+    the images with and without an empty mask."""
     slack = 1.0 - clean
     sat = slack <= SATURATED
     out = []
@@ -287,7 +313,10 @@ def emptiness(rows: list[dict[str, Any]], per_image: dict[str, dict[str, np.ndar
         out.append({"row": r["id"], "n_saturated": int(sat.sum()), "empty_saturated": int((empty & sat).sum()),
                     "n_unsaturated": int((~sat).sum()), "empty_unsaturated": int((empty & ~sat).sum()),
                     "median_slack_empty": float(np.median(slack[empty])) if empty.any() else math.nan,
-                    "median_slack_nonempty": float(np.median(slack[~empty])) if (~empty).any() else math.nan})
+                    "median_slack_nonempty": float(np.median(slack[~empty])) if (~empty).any() else math.nan,
+                    "ci": {"saturated": proportion_interval(int((empty & sat).sum()), int(sat.sum()), "exact"),
+                           "unsaturated": proportion_interval(int((empty & ~sat).sum()), int((~sat).sum()),
+                                                              "exact")}})
     return out
 
 

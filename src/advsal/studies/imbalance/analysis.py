@@ -202,7 +202,9 @@ def _vulnerability(models: dict[str, dict[str, Any]], classes: list[int], seeds:
                 arr = np.array([m[attack][key] for m in ms], dtype=np.float64)
                 entry[f"{attack}.{key}"] = _colmean(arr)
                 entry[f"{attack}.{key}.std"] = _colstd(arr)
-            entry[f"{attack}.landing"] = np.sum([m[attack]["landing"] for m in ms], 0).tolist()
+            landing = np.sum([m[attack]["landing"] for m in ms], 0)
+            entry[f"{attack}.landing"] = landing.tolist()
+            entry[f"{attack}.landing_share.pooled"] = landing_share_intervals(landing)
         # Kaplan–Meier median of the minimal ε per class, the seeds' images pooled (censored at eps_max)
         pooled = [km_median(np.concatenate([m["min_eps"]["values"][c] for m in ms]),
                             np.concatenate([m["min_eps"]["censored_flags"][c] for m in ms]).astype(bool))
@@ -215,6 +217,16 @@ def _vulnerability(models: dict[str, dict[str, Any]], classes: list[int], seeds:
         entry["confusion"] = np.sum([m["confusion"] for m in ms], 0).tolist()
         out[label] = entry
     return out
+
+
+def landing_share_intervals(landing: np.ndarray) -> list[dict[str, float]]:
+    """Per class k, the share of the other classes' successful adversarial examples predicted as k, from a
+    landing matrix (rows: true class, columns: adversarial prediction) summed over seeds, with its 95% Wilson
+    interval (``stats.proportion_interval``; the examples pooled over seeds)."""
+    landing = np.asarray(landing, dtype=np.int64)
+    from_others = landing.sum() - landing.sum(1)
+    into = landing.sum(0) - np.diag(landing)  # a successful example never lands in its own class
+    return [proportion_interval(int(into[k]), int(from_others[k]), "wilson") for k in range(len(landing))]
 
 
 def _colmean(a: np.ndarray) -> list[float]:
