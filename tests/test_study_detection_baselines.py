@@ -131,3 +131,36 @@ def test_bad_baseline_params_name_the_field(overrides, field):
 def test_preset_runs_the_four_on_bim_and_cw():
     cfg = study_config("detection", preset="baselines")
     assert set(KINDS) <= set(cfg.baselines) and cfg.baseline_attacks == ["bim", "cw"]
+
+
+def test_report_sets_a_filled_paper_number_beside_ours_and_says_when_there_is_none(tiny_run, device, tmp_path,
+                                                                                   monkeypatch):
+    """A PAPER_NUMBERS value reaches the baseline table's "paper (table)" cell of its detector and attack, the
+    comparison sentence sets it beside our AUROC and explains a large gap with the paper's settings; an attack
+    without a value reads "not retrieved", a paper without MNIST results "no MNIST number"."""
+    from advsal.report.detection import LARGE_PAPER_GAP
+    from advsal.studies.detection import registry
+
+    run_dir = tmp_path / "copy"
+    shutil.copytree(tiny_run[0], run_dir)
+    row = tiny_run[1]["baselines"]["lid"]["fgsm"]
+    ours = row["restricted"]["auroc"] if row["restricted"].get("auroc") is not None else row["auroc"]
+    paper = 0.2 if ours >= 0.5 else 0.9  # at least 0.3 from ours: a large gap
+    monkeypatch.setitem(registry.PAPER_NUMBERS, "lid", {**registry.PAPER_NUMBERS["lid"],
+                                                        "values": {"fgsm": paper, "bim": None}})
+    results = run(tiny_config(device), run_dir)  # every stage cached: analysis and report only
+    assert not [t["stage"] for t in results["timings"] if not t["cached"]]
+    md = (run_dir / "report.md").read_text()
+    section = md.split("## Baselines and ablations")[1].split("\n## ")[0]
+    names = results["names"]
+    rows = {(kind, attack): line for line in section.splitlines() for kind in KINDS for attack in ("fgsm", "bim")
+            if line.startswith(f"| {names['detectors'][kind]} | {names['attacks'][attack]} |")}
+    assert len(rows) == 2 * len(KINDS)
+    assert f"{paper:.2f} AUC (Ma et al. 2018, Table 1)" in rows["lid", "fgsm"]
+    assert "not retrieved (Ma et al. 2018, Table 1)" in rows["lid", "bim"]
+    assert all("no MNIST number" in rows["mahalanobis", a] for a in ("fgsm", "bim"))
+    assert "no MNIST number" not in rows["lid", "fgsm"] + rows["kd-bu", "fgsm"]
+    sentence = next(p for p in section.split("\n\n") if p.startswith("Against the papers' MNIST numbers"))
+    assert f"{names['attacks']['fgsm']} (paper: FGM) {ours:.2f} here vs {paper:.2f} ({ours - paper:+.2f})" in sentence
+    assert f"Large gaps (≥ {LARGE_PAPER_GAP:g})" in sentence and registry.PAPER_NUMBERS["lid"]["settings"] in sentence
+    assert "not retrieved for " + names["attacks"]["bim"] in sentence
