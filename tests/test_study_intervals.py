@@ -117,3 +117,31 @@ def test_explanation_best_setting_finding_cites_intervals_and_ties_when_they_ove
         r["ci"]["ape"].update(lo=r["ape"] - 0.08, hi=r["ape"] + 0.08)
     text = {f["text"].split(":")[0]: f["text"] for f in explanation_findings(wide)}["Best APE_D"]
     assert "tied with" in text and "intervals overlap" in text and "better than" not in text
+
+
+def _tuned_results(ape_lo: float, ape_hi: float) -> dict:
+    ours, mp = _ex_row("ours", "ours", 0.30, 0.02), _ex_row("mp", "MP min", 0.40, 0.02)
+
+    def test(a, b, lo, hi, lower_is_better):
+        return {"a": a, "b": b, "diff": a - b, "lo": lo, "hi": hi, "p": 0.01, "p_holm": 0.02, "n": 40,
+                "lower_is_better": lower_is_better, "verdict": "better" if hi < 0 or lo > 0 else
+                "no significant difference"}
+
+    picked = [{"id": "tuned-o", "family": "ours", "row": ours["id"], "threshold": None, "candidates": 2,
+               "ci": {"cc_hit_all": {"estimate": 0.6, "lo": 0.45, "hi": 0.75}}},
+              {"id": "tuned-m", "family": "mp", "row": mp["id"], "threshold": 0.5, "candidates": 2,
+               "ci": {"cc_hit_all": {"estimate": 0.5, "lo": 0.35, "hi": 0.65}}}]
+    comp = {"ours": "tuned-o", "mp": "tuned-m", "ape": test(0.30, 0.40, ape_lo, ape_hi, True),
+            "cc_hit_rate": test(0.6, 0.5, -0.05, 0.25, False), "area": {"a": 0.1, "b": 0.2}}
+    return {"table1": [ours, mp], "comparisons": [],
+            "tuned": {"n_tune": 10, "n_eval": 40, "picked": picked, "comparisons": [comp]}}
+
+
+def test_explanation_held_out_finding_states_a_direction_only_when_the_interval_excludes_zero():
+    clear = explanation_findings(_tuned_results(-0.15, -0.05))[0]
+    assert clear["section"] == "tuned"
+    assert "ours lower (better) on APE_D" in clear["text"]
+    assert "60.0% [95% CI 45.0%, 75.0%] vs 50.0% [95% CI 35.0%, 65.0%]" in clear["text"]
+    assert "no clear direction on CC hit rate (the 95% interval covers 0)" in clear["text"]
+    vague = explanation_findings(_tuned_results(-0.2, 0.01))[0]["text"]
+    assert "no clear direction on APE_D" in vague and "ours lower (better)" not in vague

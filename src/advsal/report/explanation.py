@@ -68,10 +68,15 @@ def verdict_lines(results: dict[str, Any]) -> list[str]:
 
 
 def _direction(t: dict[str, Any], label: str) -> str:
-    """"ours lower (better) on APE_D:" from the sign of the mean difference, whatever its significance."""
-    d = _num(t.get("diff"))
+    """"ours lower (better) on APE_D:" from the sign of the mean difference when its 95% interval excludes 0;
+    "no clear direction on APE_D (the interval covers 0):" when it does not."""
+    d, lo, hi = _num(t.get("diff")), _num(t.get("lo")), _num(t.get("hi"))
     if not math.isfinite(d) or d == 0:
         return f"no difference in {label}:"
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return f"no interval for {label}:"
+    if lo <= 0 <= hi:
+        return f"no clear direction on {label} (the 95% interval covers 0):"
     better = (d < 0) == bool(t.get("lower_is_better", True))
     return f"ours {'lower' if d < 0 else 'higher'} ({'better' if better else 'worse'}) on {label}:"
 
@@ -131,7 +136,8 @@ def _pct_cell(v: Any, ci: dict[str, Any] | None = None) -> str:
     if not math.isfinite(_num(v)):
         return "–"
     lo, hi = (_num(ci.get("lo")), _num(ci.get("hi"))) if ci else (math.nan, math.nan)
-    bounds = f" [{100 * lo:.1f}, {100 * hi:.1f}]" if math.isfinite(lo) and math.isfinite(hi) else ""
+    shown = math.isfinite(lo) and math.isfinite(hi) and lo < hi  # a constant statistic has no interval to show
+    bounds = f" [{100 * lo:.1f}, {100 * hi:.1f}]" if shown else ""
     return f"{100 * _num(v):.1f}{bounds}"
 
 
@@ -303,7 +309,8 @@ def render_explanation_report(run_dir: Path, results: dict[str, Any]) -> tuple[P
                       f"figure the comparisons test. The mask area (share of pixels) is the size of the "
                       f"explanation: for MP min it can far exceed L0, since deleting black background changes "
                       f"no pixel. Brackets: 95% percentile-bootstrap intervals over the explained images "
-                      f"(for 'CCs hit rate' over those with a non-empty mask).")
+                      f"(for 'CCs hit rate' over those with a non-empty mask; a hit rate that is 0 or 1 on every "
+                      f"image gets the Wilson interval of that count).")
     if rows and "ape_s" in rows[0]:
         rep.table(["Method", "setting", "L0 of kept", "tv", "|ΔM|", "APE_S", "APE_D", "mask area (%)"],
                   [[r["method"], setting_label(r), r["ape_s_l0"], r["tv"], r["ape_s_classification"], r["ape_s"],

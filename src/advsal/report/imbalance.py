@@ -54,7 +54,8 @@ def _pm(mean: Any, std: Any, digits: int = 3, ci: dict[str, Any] | None = None) 
         return "–"
     text = f"{m:.{digits}f}" if np.isnan(s) else f"{m:.{digits}f} ± {s:.{digits}f}"
     lo, hi = (_f(ci.get("lo")), _f(ci.get("hi"))) if ci else (np.nan, np.nan)
-    return text + (f" [{lo:.{digits}f}, {hi:.{digits}f}]" if np.isfinite(lo) and np.isfinite(hi) else "")
+    shown = np.isfinite(lo) and np.isfinite(hi) and lo < hi  # a constant statistic has no interval to show
+    return text + (f" [{lo:.{digits}f}, {hi:.{digits}f}]" if shown else "")
 
 
 def _signed(v: Any, digits: int, scale: float = 1.0, star: bool = False) -> str:
@@ -211,7 +212,8 @@ def render_imbalance_report(run_dir: Path, results: dict[str, Any]) -> tuple[Pat
                      _pm(t["depleted_mean"], t["depleted_std"], digits, ci.get("depleted")),
                      _signed(t["difference"], digits)
                      + (" " + _interval(diff["lo"], diff["hi"], digits)
-                        if diff and np.isfinite(_f(diff["lo"])) and np.isfinite(_f(diff["hi"])) else ""),
+                        if diff and np.isfinite(_f(diff["lo"])) and np.isfinite(_f(diff["hi"]))
+                        and _f(diff["lo"]) < _f(diff["hi"]) else ""),
                      "log-rank" if t["attack"] == "min_eps" else "sign-flip", t["n_pairs"],
                      _f(t["p_value"]), _f(t["p_holm"]), f"{t['seeds_up']}↑ {t['seeds_down']}↓",
                      _interval(t.get("seed_lo"), t.get("seed_hi"), digits), _f(t.get("seed_p_holm")),
@@ -220,8 +222,9 @@ def render_imbalance_report(run_dir: Path, results: dict[str, Any]) -> tuple[Pat
                "pairs", "p", "p (Holm)", "seeds", "seed 95% CI", "seed p (Holm)", "direction"], rows, digits=4,
               caption="Baseline of every row: the balanced model of the same seed on the same images. Rates: "
                       "mean ± std over seeds [95% percentile-bootstrap interval over the attack images, the same "
-                      "images resampled for every seed and both models]; the difference is pooled over seeds × "
-                      "images, with its bootstrap interval. Image "
+                      "images resampled for every seed and both models; the Wilson interval where every "
+                      "outcome is 0 or every one is 1]; the difference is pooled over seeds × images, with its "
+                      "bootstrap interval. Image "
                       "test: sign-flip permutation over seeds × images, or for min ε the log-rank test "
                       "(never-fooled images censored at ε_max; means there are restricted means). Seed level: "
                       "one-sample t over the per-seed mean differences (interval: Student t). Direction: "

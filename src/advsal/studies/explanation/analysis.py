@@ -129,11 +129,15 @@ def summarize(per_image: dict[str, np.ndarray]) -> dict[str, Any]:
             "ci": row_intervals(per_image)}
 
 
-def mean_interval(values: np.ndarray) -> dict[str, float]:
+def mean_interval(values: np.ndarray, rate: bool = False) -> dict[str, float]:
     """Mean of the finite per-image values with its 95% percentile-bootstrap interval over the images
-    (``stats.bootstrap_interval``, seeded)."""
+    (``stats.bootstrap_interval``, seeded). For a ``rate`` (per-image shares in [0, 1]) whose values are all 0
+    or all 1, where no resample varies, the Wilson interval of that count (``stats.proportion_interval``)."""
     v = np.asarray(values, dtype=np.float64)
-    return bootstrap_interval((v[np.isfinite(v)],), np.mean)
+    v = v[np.isfinite(v)]
+    if rate and len(v) and np.ptp(v) == 0 and v[0] in (0.0, 1.0):
+        return proportion_interval(int(v.sum()), len(v))
+    return bootstrap_interval((v,), np.mean)
 
 
 def _ratio(hits: np.ndarray, components: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -146,7 +150,8 @@ def row_intervals(per_image: dict[str, np.ndarray]) -> dict[str, dict[str, float
     area: the same estimates as :func:`summarize`'s."""
     cc, comps = per_image["cc_hit_rate"], per_image["components"]
     defined = np.isfinite(cc)
-    out = {k: mean_interval(per_image[k]) for k in ("ape", "cc_hit_rate", "cc_hit_all", "area", "pointing")}
+    out = {k: mean_interval(per_image[k], rate=k != "ape" and k != "area")
+           for k in ("ape", "cc_hit_rate", "cc_hit_all", "area", "pointing")}
     out["cc_hit_pooled"] = (bootstrap_interval((cc[defined] * comps[defined], comps[defined]), _ratio, paired=True)
                             if comps[defined].sum() else mean_interval(np.array([])))
     return out
@@ -285,7 +290,7 @@ def tuned(cfg: Config, chosen: Explained, rows: list[dict[str, Any]], per_image:
     for p in picked:
         v = scores[p["id"]]
         p.update(ape=float(v["ape"].mean()), cc_hit_all=float(v["cc_hit_all"].mean()), area=float(v["area"].mean()),
-                 ci={k: mean_interval(v[k]) for k in ("ape", "cc_hit_all", "area")})
+                 ci={k: mean_interval(v[k], rate=k == "cc_hit_all") for k in ("ape", "cc_hit_all", "area")})
     comps = []
     for o in (p for p in picked if p["family"] == "ours"):
         for m in (p for p in picked if p["family"] == "mp"):

@@ -290,8 +290,10 @@ def _pooled_mean(*per_seed: np.ndarray, axis: int = -1) -> np.ndarray:
 def rate_intervals(aligned: list[tuple[np.ndarray, np.ndarray, np.ndarray]], seed: int = 0) -> dict[str, Any]:
     """95% percentile-bootstrap intervals over the attack images (``stats.bootstrap_interval``; the same images
     resampled for every seed and both models) of a rate row's balanced and depleted rates (means over seeds of
-    the per-seed rates) and of its difference (pooled over seeds × images). ``aligned``: per seed, (balanced
-    outcome, depleted outcome, mask of the images that enter), over the whole attack set."""
+    the per-seed rates) and of its difference (pooled over seeds × images). A rate whose outcomes are all 0 (or
+    all 1) gets the Wilson interval of that count over the pooled seeds × images instead, since no resample
+    varies. ``aligned``: per seed, (balanced outcome, depleted outcome, mask of the images that enter), over the
+    whole attack set."""
     masks = np.array([m for _, _, m in aligned], dtype=bool)
     keep = masks.any(0)
     b = tuple(np.where(m, v, np.nan)[keep] for v, _, m in aligned)
@@ -304,6 +306,9 @@ def rate_intervals(aligned: list[tuple[np.ndarray, np.ndarray, np.ndarray]], see
         if len(finite) and np.ptp(finite) == 0:  # one value everywhere: every resample gives the estimate
             est = float(statistic(*samples))
             out[name] = {"estimate": est, "lo": est, "hi": est, "n": int(keep.sum())}
+            if name != "difference" and finite[0] in (0.0, 1.0):  # all 0 or all 1: the bootstrap has no spread,
+                wilson = proportion_interval(int(finite.sum()), len(finite))  # the binomial interval does
+                out[name].update(lo=wilson["lo"], hi=wilson["hi"])
         else:
             out[name] = {**bootstrap_interval(samples, statistic, paired=True, seed=seed), "n": int(keep.sum())}
     return out
