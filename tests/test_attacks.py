@@ -386,7 +386,7 @@ def test_target_helpers(mnist_model, mnist_batch):
 def test_registry():
     assert set(ATTACKS) == {"fgsm", "bim", "bim-l2", "pgd", "pgd-l2", "jsma", "cw", "deepfool", "pixel",
                             "apgd-ce", "apgd-ce-l2", "apgd-dlr", "apgd-dlr-l2", "apgd-t", "apgd-t-l2", "square",
-                            "square-l2", "autoattack", "autoattack-l2"}
+                            "square-l2", "autoattack", "autoattack-l2", "fab-t", "fab-t-l2"}
     assert make_attack("bim-l2", eps=2.0).norm == "l2" and make_attack("pgd", eps=0.1).norm == "linf"
     for name in ("jsma", "cw", "deepfool", "pixel"):
         assert isinstance(make_attack(name), ATTACKS[name])

@@ -136,12 +136,13 @@ def test_autoattack_never_attacks_a_broken_image_and_beats_each_component():
 
     aa = SpiedAutoAttack("linf", eps=0.04, steps=10, n_targets=3, n_queries=30)
     r = aa(model, x, y)
-    assert r.broken_by[:3] == ["clean"] * 3 and r.components == ("apgd-ce", "apgd-t", "square")
+    assert r.broken_by[:3] == ["clean"] * 3 and r.components == ("apgd-ce", "apgd-t", "fab-t", "square")
     index = {tuple(v.flatten().tolist()): i for i, v in enumerate(x)}
     received = {name: {index[tuple(v.flatten().tolist())] for batch in seen[name] for v in batch}
                 for name in seen}
     assert received["apgd-ce"] == set(range(3, 24))
-    for later, earlier in (("apgd-t", ["apgd-ce"]), ("square", ["apgd-ce", "apgd-t"])):
+    for later, earlier in (("apgd-t", ["apgd-ce"]), ("fab-t", ["apgd-ce", "apgd-t"]),
+                           ("square", ["apgd-ce", "apgd-t", "fab-t"])):
         broken_before = {i for i, b in enumerate(r.broken_by) if b in ["clean", *earlier]}
         assert received.get(later, set()).isdisjoint(broken_before)
         assert received.get(later, set()) == set(range(24)) - broken_before

@@ -22,6 +22,7 @@ from .epsilon import (
     minimal_epsilon,
     minimal_epsilon_per_example,
 )
+from .fab import FABT
 from .gradient import BIM, FGSM, PGD
 from .jsma import JSMA
 from .pixel import PixelAttack
@@ -31,7 +32,7 @@ from .specs import ATTACK_SPECS, AttackSpec, attack_spec, display_name, register
 from .square import Square
 from .targets import least_likely_targets, random_targets
 
-__all__ = ["APGD", "APGDT", "ATTACKS", "AutoAttack", "AutoAttackResult", "BIM", "FGSM", "JSMA", "L0_TOLERANCE",
+__all__ = ["APGD", "APGDT", "ATTACKS", "AutoAttack", "AutoAttackResult", "BIM", "FABT", "FGSM", "JSMA", "L0_TOLERANCE",
            "PGD", "PRESETS", "AdaptiveResult", "AdaptiveSaliencyAttack", "Attack", "AttackResult", "CarliniWagnerL2",
            "DeepFool", "MetzenAttack", "MinimalEpsilon", "PerExampleEpsilon", "PixelAttack", "Square",
            "attack_detector_pair", "attack_parameters", "attacked_accuracy", "craft_sharded", "least_likely_targets",

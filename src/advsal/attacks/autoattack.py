@@ -1,10 +1,10 @@
 """AutoAttack (Croce & Hein, ICML 2020, §5): a parameter-free ensemble of diverse attacks for robustness
 evaluation.
 
-``version="standard"``: APGD-CE, then APGD-T (targeted DLR, 9 targets), then Square (5,000 queries) — each
-attack only on the images every earlier one left correctly classified (FAB-T, the paper's third member, is not
-implemented in advsal; the reference reports it adds almost nothing after APGD-T). ``version="rand"`` (for
-randomised defences): APGD-CE and APGD-DLR, each averaging the gradient over 20 passes (EOT).
+``version="standard"``: APGD-CE, then APGD-T (targeted DLR, 9 targets), then FAB-T (9 targets), then Square
+(5,000 queries) — each attack only on the images every earlier one left correctly classified.
+``version="rand"`` (for randomised defences): APGD-CE and APGD-DLR, each averaging the gradient over 20 passes
+(EOT).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from ..errors import InputError
 from .apgd import APGD, APGDT
 from .base import Attack, AttackResult, check_budget, check_positive_int
+from .fab import FABT
 from .gradient import NORMS
 from .square import Square
 
@@ -42,8 +43,9 @@ class AutoAttack(Attack):
     Arguments:
         norm (str): "linf" or "l2" (default "linf").
         eps (float or Tensor): budget, one number or one per example (shape (N,)); default 8/255.
-        version (str): "standard" (APGD-CE, APGD-T, Square) or "rand" (APGD-CE, APGD-DLR with EOT 20).
-        steps (int): APGD iterations (default 100). n_targets (int): APGD-T target classes (default 9).
+        version (str): "standard" (APGD-CE, APGD-T, FAB-T, Square) or "rand" (APGD-CE, APGD-DLR with EOT 20).
+        steps (int): APGD and FAB iterations (default 100). n_targets (int): APGD-T and FAB-T target classes
+            (default 9).
         n_queries (int): Square's queries (default 5000). seed (int): default 0.
         batch_size (int, optional): examples per chunk.
 
@@ -76,16 +78,17 @@ class AutoAttack(Attack):
         self._codes: list[Tensor] = []
 
     def component_names(self) -> tuple[str, ...]:
-        return ("apgd-ce", "apgd-t", "square") if self.version == "standard" else ("apgd-ce", "apgd-dlr")
+        return ("apgd-ce", "apgd-t", "fab-t", "square") if self.version == "standard" else ("apgd-ce", "apgd-dlr")
 
     def components(self, eps: float | Tensor, num_classes: int) -> list[tuple[str, Attack]]:
         """The ensemble's attacks, in order, for budget ``eps`` and a ``num_classes``-way model (the DLR
         losses need ≥ 3 resp. ≥ 4 classes; fewer fall back to cross-entropy)."""
         common = {"eps": eps, "norm": self.norm, "steps": self.steps, "seed": self.seed}
         if self.version == "standard":
+            n_targets = min(self.n_targets, num_classes - 1)
             return [("apgd-ce", APGD(loss="ce", **common)),
-                    ("apgd-t", APGDT(n_targets=min(self.n_targets, num_classes - 1),
-                                     loss="dlr" if num_classes >= 4 else "ce", **common)),
+                    ("apgd-t", APGDT(n_targets=n_targets, loss="dlr" if num_classes >= 4 else "ce", **common)),
+                    ("fab-t", FABT(n_targets=n_targets, **common)),
                     ("square", Square(eps, self.norm, n_queries=self.n_queries, seed=self.seed))]
         return [("apgd-ce", APGD(loss="ce", eot=20, **common)),
                 ("apgd-dlr", APGD(loss="dlr" if num_classes >= 3 else "ce", eot=20, **common))]

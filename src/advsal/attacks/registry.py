@@ -11,6 +11,7 @@ from .autoattack import AutoAttack
 from .base import Attack
 from .carlini_wagner import CarliniWagnerL2
 from .deepfool import DeepFool
+from .fab import FABT
 from .gradient import BIM, FGSM, PGD
 from .jsma import JSMA
 from .pixel import PixelAttack
@@ -20,8 +21,8 @@ ATTACKS: dict[str, type[Attack]] = {
     "fgsm": FGSM, "bim": BIM, "bim-l2": BIM, "pgd": PGD, "pgd-l2": PGD,
     "jsma": JSMA, "cw": CarliniWagnerL2, "deepfool": DeepFool, "pixel": PixelAttack,
     "apgd-ce": APGD, "apgd-ce-l2": APGD, "apgd-dlr": APGD, "apgd-dlr-l2": APGD, "apgd-t": APGDT,
-    "apgd-t-l2": APGDT, "square": Square, "square-l2": Square, "autoattack": AutoAttack,
-    "autoattack-l2": AutoAttack,
+    "apgd-t-l2": APGDT, "fab-t": FABT, "fab-t-l2": FABT, "square": Square, "square-l2": Square,
+    "autoattack": AutoAttack, "autoattack-l2": AutoAttack,
 }
 #: Parameters fixed by a registry name (e.g. "bim-l2" is BIM with norm="l2").
 PRESETS: dict[str, dict[str, Any]] = {"bim": {"norm": "linf"}, "bim-l2": {"norm": "l2"},
@@ -31,6 +32,7 @@ PRESETS: dict[str, dict[str, Any]] = {"bim": {"norm": "linf"}, "bim-l2": {"norm"
                                       "apgd-dlr": {"norm": "linf", "loss": "dlr"},
                                       "apgd-dlr-l2": {"norm": "l2", "loss": "dlr"},
                                       "apgd-t": {"norm": "linf"}, "apgd-t-l2": {"norm": "l2"},
+                                      "fab-t": {"norm": "linf"}, "fab-t-l2": {"norm": "l2"},
                                       "square": {"norm": "linf"}, "square-l2": {"norm": "l2"},
                                       "autoattack": {"norm": "linf"}, "autoattack-l2": {"norm": "l2"}}
 

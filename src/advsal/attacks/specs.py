@@ -107,6 +107,7 @@ for _spec in (AttackSpec("fgsm", "FGSM", (0.0, 1.0)),
               AttackSpec("cw", "C&W L2"),
               AttackSpec("jsma", "JSMA", targets="random"),
               AttackSpec("deepfool", "DeepFool"),
+              AttackSpec("fab-t", "FAB-T"),
               AttackSpec("pixel", "Pixel attack")):
     register_attack_spec(_spec)
 
