@@ -148,6 +148,10 @@ def test_report_sets_a_filled_paper_number_beside_ours_and_says_when_there_is_no
     paper = 0.2 if ours >= 0.5 else 0.9  # at least 0.3 from ours: a large gap
     monkeypatch.setitem(registry.PAPER_NUMBERS, "lid", {**registry.PAPER_NUMBERS["lid"],
                                                         "values": {"fgsm": paper, "bim": None}})
+    # a detection rate (feature squeezing, Xu et al.) is set beside our D(x_adv), not our AUROC
+    monkeypatch.setitem(registry.PAPER_NUMBERS, "feature-squeezing",
+                        {**registry.PAPER_NUMBERS["feature-squeezing"], "values": {"bim": 0.5}})
+    fs_rate = tiny_run[1]["baselines"]["feature-squeezing"]["bim"]["restricted"]["d_adv"]
     results = run(tiny_config(device), run_dir)  # every stage cached: analysis and report only
     assert not [t["stage"] for t in results["timings"] if not t["cached"]]
     md = (run_dir / "report.md").read_text()
@@ -164,3 +168,5 @@ def test_report_sets_a_filled_paper_number_beside_ours_and_says_when_there_is_no
     assert f"{names['attacks']['fgsm']} (paper: FGM) {ours:.2f} here vs {paper:.2f} ({ours - paper:+.2f})" in sentence
     assert f"Large gaps (≥ {LARGE_PAPER_GAP:g})" in sentence and registry.PAPER_NUMBERS["lid"]["settings"] in sentence
     assert "not retrieved for " + names["attacks"]["bim"] in sentence
+    assert f"{names['attacks']['bim']} (paper: BIM) {fs_rate:.2f} here vs 0.50" in sentence
+    assert "0.50 detection rate (Xu et al. 2018, Table 5)" in rows["feature-squeezing", "bim"]

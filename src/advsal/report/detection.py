@@ -369,11 +369,12 @@ def _our_attack_setting(attack: str, results: dict[str, Any], nice) -> str:
     return f"{nice(attack)} {shown}" if shown else nice(attack)
 
 
-def _comparable_auroc(row: dict[str, Any]) -> float:
-    """The AUROC to set beside a paper's: on the successful adversarial examples of images F classifies correctly
-    (the row's "restricted" AUROC, the pairs the papers' code scores), else over all adversarial test images."""
-    restricted = row.get("restricted", {}).get("auroc")
-    return float(restricted) if restricted is not None and np.isfinite(restricted) else float(row["auroc"])
+def _comparable(row: dict[str, Any], quantity: str) -> float:
+    """Our ``quantity`` ("auroc", or "d_adv" for a paper's detection rate) to set beside a paper's: on the successful
+    adversarial examples of images F classifies correctly (the row's "restricted" value, the pairs the papers' code
+    scores), else over all adversarial test images."""
+    restricted = row.get("restricted", {}).get(quantity)
+    return float(restricted) if restricted is not None and np.isfinite(restricted) else float(row[quantity])
 
 
 def paper_comparison(results: dict[str, Any], nice, detector_names: dict[str, str]) -> str:
@@ -396,9 +397,9 @@ def paper_comparison(results: dict[str, Any], nice, detector_names: dict[str, st
             if v is None:
                 missing.append(label)
                 continue
-            auroc = _comparable_auroc(r)
-            gap = auroc - v
-            compared.append(f"{label} {auroc:.2f} here vs {v:.2f} ({gap:+.2f})")
+            ours_value = _comparable(r, paper.get("quantity", "auroc"))
+            gap = ours_value - v
+            compared.append(f"{label} {ours_value:.2f} here vs {v:.2f} ({gap:+.2f})")
             if abs(gap) >= LARGE_PAPER_GAP:
                 large.append(f"{'below' if gap < 0 else 'above'} the paper on {nice(attack)} "
                              f"({_our_attack_setting(attack, results, nice)})")
@@ -419,9 +420,9 @@ def paper_comparison(results: dict[str, Any], nice, detector_names: dict[str, st
     here = (f"here F is {clf.get('architecture', 'the study classifier')} (test accuracy "
             f"{clf['test']['accuracy']:.3f})" if clf.get("test") else "here F is the study classifier")
     ours_setting = "; ".join(_our_attack_setting(a, results, nice) for a in attacked) or "no attack"
-    return ("Against the papers' MNIST numbers (ours: the AUROC on the successful adversarial examples of images F "
-            "classifies correctly, the pairs Lee et al.'s code keeps): " + " ".join(parts) + " Where they differ, "
-            "the settings do: "
+    return ("Against the papers' MNIST numbers (ours: on the successful adversarial examples of images F classifies "
+            "correctly, the pairs Lee et al.'s and Xu et al.'s code score — the AUROC, or D(x_adv) at the calibrated "
+            "threshold beside a detection rate): " + " ".join(parts) + " Where they differ, the settings do: "
             "Feinman et al.'s code attacks MNIST with FGSM/BIM ε = 0.30 (pixels in [0, 1]), Ma et al.'s with ε = "
             "0.40 (pixels in [−0.5, 0.5]) and Xu et al.'s with ε = 0.3 and C&W at 1000 iterations, confidence 10; "
             f"here ε is the smallest budget that brings F below {cfg.get('max_accuracy', 0.3):.0%} accuracy and "

@@ -158,7 +158,8 @@ for _spec in (
 #: What each baseline's paper reports on MNIST, per study attack, for the report's "paper (table)" column.
 #: ``values``: study attack → the paper's number (a fraction), ``None`` where the paper has one that could not be
 #: read here (the report says "not retrieved"); empty when the paper has no MNIST number at all. A number enters
-#: only when read in retrieved text, with its source in a comment beside it. ``metric``: the paper's quantity,
+#: only when read in retrieved text, with its source in a comment beside it. ``metric``: the paper's quantity
+#: (``quantity``: the row field of ours it compares with, "auroc" unless given; "d_adv" for a detection rate),
 #: ``table``: where it is, ``attacks``: study attack → the paper's attack, ``settings``: the paper's MNIST setup as
 #: its reference code has it (read there; the report's explanation of gaps quotes it).
 #:
@@ -212,15 +213,18 @@ PAPER_NUMBERS: dict[str, dict[str, Any]] = {
                 "here — the abstract's 85–93% ROC-AUC is pooled over datasets, with noisy negatives",
     },
     "feature-squeezing": {
-        "table": "Xu et al. 2018, Table 5", "metric": "ROC-AUC",
+        "table": "Xu et al. 2018, Table 5", "metric": "detection rate", "quantity": "d_adv",
         "attacks": {"fgsm": "FGSM", "bim": "BIM", "jsma": "JSMA (next / LL)", "cw": "CW2 (next / LL)"},
         "values": {"fgsm": None, "bim": None, "jsma": None, "cw": None},  # not retrieved (searches above)
-        # github mzweilin/EvadeML-Zoo Reproduce_FeatureSqueezing.md (MNIST command: attacks and detectors)
+        # github mzweilin/EvadeML-Zoo Reproduce_FeatureSqueezing.md (MNIST command: attacks and detectors) and
+        # detections/base.py (per attack: "Detection rate on SAEs" at the threshold; one ROC-AUC over all
+        # non-FAE examples, i.e. pooled over the attacks)
         "settings": "FGSM ε = 0.3; BIM ε = 0.3, step 0.06; C&W L2/L∞/L0 targeted (next class, least likely), 1000 "
                     "iterations, confidence 10; JSMA targeted; joint detector 1-bit depth + 2×2 median, L1 "
                     "distance, threshold at 5% FPR on clean images",
-        "note": "MNIST ROC-AUC and detection rate of the joint detector (1-bit depth, 2×2 median) per attack are "
-                "in Table 5; the values could not be retrieved here (the NDSS abstract quotes none)",
+        "note": "Table 5 gives the joint detector's (1-bit depth, 2×2 median) MNIST detection rate on successful "
+                "adversarial examples per attack at its 5%-FPR threshold, and one ROC-AUC pooled over the attacks; "
+                "the values could not be retrieved here (the NDSS abstract quotes none)",
     },
 }
 
