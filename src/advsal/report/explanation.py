@@ -63,7 +63,9 @@ def verdict_lines(results: dict[str, Any]) -> list[str]:
         lines.append(
             f"{o['method']} {setting_label(o)} vs {m['method']} {setting_label(m)}{areas}: APE_D {ape['a']:.3f} vs "
             f"{ape['b']:.3f}, {diff_text(ape)} → {ape['verdict']}; CC hit rate (empty mask = miss) "
-            f"{pct_text(cc['a'])} vs {pct_text(cc['b'])}, {diff_text(cc, pct=True)} → {cc['verdict']}{said}.")
+            f"{pct_ci_text(cc['a'], _same(_ci(o, 'cc_hit_all'), cc['a']))} vs "
+            f"{pct_ci_text(cc['b'], _same(_ci(m, 'cc_hit_all'), cc['b']))}, {diff_text(cc, pct=True)} → "
+            f"{cc['verdict']}{said}.")
     return lines
 
 
@@ -167,7 +169,7 @@ def _same(ci: dict[str, Any] | None, value: Any) -> dict[str, Any] | None:
 def pct_ci_text(v: Any, ci: dict[str, Any] | None) -> str:
     """``55.0% [95% CI 45.1%, 64.2%]`` (just the percentage without a stored interval)."""
     lo, hi = (_num(ci.get("lo")), _num(ci.get("hi"))) if ci else (math.nan, math.nan)
-    if not (math.isfinite(lo) and math.isfinite(hi)):
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
         return pct_text(v)
     return f"{pct_text(v)} [95% CI {100 * lo:.1f}%, {100 * hi:.1f}%]"
 
