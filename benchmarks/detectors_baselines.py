@@ -34,19 +34,13 @@ from advsal.detection import (
 )
 from advsal.models import build_model
 from advsal.progress import set_quiet
+from advsal.studies.detection.registry import PAPER_NUMBERS
 from advsal.training import train_classifier
 
 ROOT = Path(__file__).resolve().parent.parent
 
-#: Where each paper reports MNIST detection (AUROC / ROC-AUC); the numbers are to be read there.
-PAPER = {
-    "LID": "Ma et al. 2018, Table 1 (MNIST rows: LID vs KD+BU; attacks FGM, BIM-a, BIM-b, JSMA, Opt = C&W L2)",
-    "Mahalanobis": "Lee et al. 2018, Table 2 reports CIFAR-10/100 and SVHN only (ResNet, DenseNet): no MNIST number",
-    "KD+BU": "Feinman et al. 2017, Table 3 (combined KD+BU logistic regression, MNIST: FGSM, BIM-A, BIM-B, JSMA, "
-             "C&W); also Ma et al. 2018 Table 1 (KD+BU rows)",
-    "Feature squeezing": "Xu et al. 2018, Table 5 (MNIST joint detector 1-bit + median 2×2: ROC-AUC and detection "
-                         "rate per attack incl. BIM and CW2)",
-}
+#: The registry's kind of each benchmarked detector: its papers' citations and MNIST numbers (PAPER_NUMBERS).
+KINDS = {"LID": "lid", "Mahalanobis": "mahalanobis", "KD+BU": "kd-bu", "Feature squeezing": "feature-squeezing"}
 
 
 def correctly_classified(model, x, y, n):
@@ -144,7 +138,8 @@ def main() -> None:
         table += (f"| {name} | " + " | ".join(f"{v:.4f}" for v in row[1:])
                   + f" | {1000 * best[name]:.1f} | {cost[name]:.2f} |\n")
     table += f"| F forward (no grad) | | | {1000 * best['F forward']:.1f} | 1.00 |\n\nPapers' MNIST numbers:\n\n"
-    table += "".join(f"- {k}: {v}\n" for k, v in PAPER.items())
+    table += "".join(f"- {name}: {PAPER_NUMBERS[kind]['table']} — {PAPER_NUMBERS[kind]['note']}\n"
+                     for name, kind in KINDS.items())
     print(table)
     out = ROOT / "benchmarks" / "results" / "detectors_baselines.md"
     out.parent.mkdir(parents=True, exist_ok=True)
