@@ -43,6 +43,11 @@ def main() -> None:
     parser.add_argument("--hardened", action="store_true")
     parser.add_argument("--harden-images", type=int, default=1000)
     parser.add_argument("--harden-rounds", type=int, default=3)
+    parser.add_argument("--harden-steps", type=int, default=20)
+    parser.add_argument("--harden-eps", type=float, default=0.1)
+    parser.add_argument("--adv-epochs", type=int, default=10, help="PGD training epochs of the robust classifier")
+    parser.add_argument("--hard-eps", type=float, nargs="*", default=[0.1, 0.2],
+                        help="budgets of the Tramèr comparison (the PGD-trained F also at their halves)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--runs", default=str(ROOT / "runs"))
     parser.add_argument("--run-name", default="bench-security",
@@ -99,7 +104,7 @@ def main() -> None:
                   f"{res.fooled_any} robust TPR {res.robust_tpr} ({time.perf_counter() - start:.0f} s) "
                   f"winners {res.winners}", flush=True)
         if args.hardened:
-            out["hardening"] = hardened(ctx, D, train, adv_train, x, y, x_cal, args)
+            hardened(ctx, D, train, adv_train, x, y, x_cal, args, out)
         path = ROOT / "benchmarks" / "results" / args.out
         path.write_text(json.dumps(out, indent=1))
         print(f"wrote {path}")
@@ -107,28 +112,90 @@ def main() -> None:
         ctx.store.close()
 
 
-def hardened(ctx, D, train, adv_train, x, y, x_cal, args) -> dict:
-    """D hardened by dynamic adversary training (L∞ ε = 0.1) on the first ``--harden-images`` training images;
-    its robust TPR at 5% FPR at ε ∈ {0.1, 0.2} under the same attack ensemble."""
+def hardened(ctx, D, train, adv_train, x, y, x_cal, args, record: dict) -> dict:
+    """Tramèr's comparison on the same images: D hardened by dynamic adversary training (L∞ ``--harden-eps``, the
+    first ``--harden-images`` training images), the plain D and a PGD-trained classifier (Madry et al.,
+    ``--adv-epochs`` epochs at ``--harden-eps``, no detector). Per ε of ``--hard-eps`` at 5% clean FPR: the plain
+    and the hardened D's robust curves under the strongest attack ensemble, and the plain D's adversarial points
+    transferred to the hardened D (a check for gradient masking: a transfer attack must not beat the white-box
+    one); the PGD-trained F's robust accuracy under APGD-CE at ε and ε/2 (Tramèr 2022: a detector robust at ε
+    gives a classifier robust at ε/2)."""
+    import copy
+
+    from advsal.attacks import APGD
+    from advsal.attacks.adaptive import evaluate_pair
+    from advsal.attacks.detector_attacks import DetectorAttackEnsemble
     from advsal.detection.hardening import harden_detector
+    from advsal.tensors import predict_logits
+    from advsal.training import adversarial_train_classifier
 
-    n = args.harden_images
+    F, budgets = ctx.model, args.hard_eps
+    out = record["tramer"] = {"hard_eps": args.hard_eps, "steps": args.steps, "restarts": args.restarts}
+    points: dict[float, torch.Tensor] = {}
+
+    def attacks(e, record=False):
+        ens = strongest_attack(e, steps=args.steps, restarts=args.restarts, lams=args.lams, modes=args.modes,
+                               warm_modes=args.warm_modes)
+        if not record:
+            return ens
+
+        class Recording(DetectorAttackEnsemble):  # keeps the points for the transfer check
+            def __call__(self, *a, **k):
+                res = super().__call__(*a, **k)
+                points[e] = res.x_adv
+                return res
+
+        rec = Recording(ens.attacks)
+        return rec
+
+    # the PGD-trained classifier (cheap to evaluate: first, so its numbers come early)
     start = time.perf_counter()
-    hard = harden_detector(ctx.model, D, train.x[:n].to(ctx.device), train.y[:n].to(ctx.device), eps=0.1,
-                           rounds=args.harden_rounds, steps=20, x_adv_static=adv_train["x_adv"][:n].to(ctx.device),
-                           epochs=2, lr=1e-3, batch_size=64)
-    out = {"harden_seconds": time.perf_counter() - start, "rounds": hard.rounds, "images": n}
+    robust_f = copy.deepcopy(F)
+    hist = adversarial_train_classifier(robust_f, ctx.train, eps=args.harden_eps, epochs=args.adv_epochs, seed=0)
+    f_eps = sorted({*budgets, *(e / 2 for e in budgets)})
+    acc = [float((predict_logits(robust_f, x).argmax(1) == y).float().mean())]
+    for e in f_eps:
+        res = APGD(eps=e, steps=100, restarts=2, loss="ce")(robust_f, x, y)
+        acc.append(float((res.pred.to(y.device) == y).float().mean()))
+    out["pgd_trained"] = {"eps": [0.0, *f_eps], "robust_accuracy": acc, "train_eps": args.harden_eps,
+                          "epochs": args.adv_epochs, "seconds": time.perf_counter() - start,
+                          "history": hist.epochs}
+    print(f"PGD-trained F: eps {[0.0, *f_eps]} robust accuracy {acc} ({time.perf_counter() - start:.0f} s)",
+          flush=True)
+    save(record, args)
 
-    def attacks(e):
-        return strongest_attack(e, steps=args.steps, restarts=args.restarts, lams=args.lams, modes=args.modes,
-                                warm_modes=args.warm_modes)
+    start = time.perf_counter()
+    n = args.harden_images
+    hard = harden_detector(F, D, train.x[:n].to(ctx.device), train.y[:n].to(ctx.device), eps=args.harden_eps,
+                           rounds=args.harden_rounds, steps=args.harden_steps,
+                           x_adv_static=adv_train["x_adv"][:n].to(ctx.device), epochs=2, lr=1e-3, batch_size=64)
+    out["hardening"] = {"seconds": time.perf_counter() - start, "rounds": hard.rounds, "images": n,
+                        "eps": args.harden_eps, "steps": args.harden_steps}
+    print(f"hardened D: rounds {hard.rounds}", flush=True)
+    save(record, args)
 
-    res = robust_detection(ctx.model, hard.detector, x, y, [0.1, 0.2], fpr=0.05, x_calibration=x_cal,
-                           attacks=attacks)
-    out["hardened"] = res.to_dict()
-    print(f"hardened D: rounds {hard.rounds}; robust TPR {res.robust_tpr} both {res.both} "
-          f"fooled_any {res.fooled_any}", flush=True)
+    for name, det, record in (("plain", D, True), ("hardened", hard.detector, False)):
+        res = robust_detection(F, det, x, y, budgets, fpr=0.05, x_calibration=x_cal,
+                               attacks=lambda e, record=record: attacks(e, record))
+        out[name] = res.to_dict()
+        print(f"{name} D: robust TPR {res.robust_tpr} both {res.both} fooled_any {res.fooled_any} "
+              f"winners {res.winners}", flush=True)
+        save(record, args)
+    # transfer: the plain D's points against the hardened D at its own 5% FPR threshold
+    original = hard.detector.threshold
+    hard.detector.calibrate(x_cal, 0.05)
+    transfer = {}
+    for e in budgets:
+        r = evaluate_pair(F, hard.detector, x, points[e], y)
+        transfer[str(e)] = r.rates()
+    hard.detector.threshold = original
+    out["transfer_plain_to_hardened"] = transfer
+    print(f"transfer plain → hardened: {transfer}", flush=True)
     return out
+
+
+def save(out: dict, args) -> None:
+    (ROOT / "benchmarks" / "results" / args.out).write_text(json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":

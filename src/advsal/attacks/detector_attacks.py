@@ -195,10 +195,13 @@ class DetectorPGD(AdaptiveAttack):
     def label(self) -> str:
         """Short name for tables: mode, λ where it matters, the options that differ from the defaults, norm."""
         lam = f"-lam{self.lam:g}" if self.mode != "orthogonal" else ""
+        several = self.restarts > 1  # the β schedule and warm starts act from the second restart on
+        betas = self.betas[:self.restarts]
         opts = "".join([f"-kd{self.kappa_d:g}" if self.kappa_d != self.kappa else "",
-                        "-beta" + "/".join(f"{b:g}" for b in self.betas) if len(self.betas) > 1 else "",
+                        "-beta" + "/".join(f"{b:g}" for b in betas) if len(set(betas)) > 1 else
+                        (f"-beta{betas[0]:g}" if betas[0] != 10.0 else ""),
                         "-norm" if self.normalize and self.mode != "orthogonal" else "",
-                        "-warm" if self.warm else ""])
+                        "-warm" if self.warm and several else ""])
         return f"{self.mode}{lam}{opts}-{self.norm}"
 
     # -- geometry --
