@@ -130,6 +130,35 @@ def security_section(rep: Any, results: dict[str, Any], nice, detector_names: di
                    "Robust accuracy (correct or flagged) under the strongest adaptive attack vs L∞ ε.")
 
 
+# ------------------------------------------------------------------------------------------------ option seeds (#17)
+def seeds_section(rep: Any, results: dict[str, Any], nice, detector_names: dict[str, str], fpr: float) -> None:
+    """Table II and the seeded baselines over detector seeds (option ``seeds``): mean [95% t interval over
+    seeds] of each rate and AUROC, and each seed's AUROC; nothing when the run used one seed."""
+    seeds = (results.get("seeds") or {}).get("detector_seeds") or []
+    rows_by_kind = {"image+saliency": results.get("table2", {}), **results.get("baselines", {})}
+    rows = []
+    for kind, per in rows_by_kind.items():
+        for attack, r in per.items():
+            o = r.get("over_seeds")
+            if o:
+                rows.append([detector_names.get(kind, kind), nice(attack),
+                             *[o[k] for k in ("d_clean", "d_adv", "auroc", "tpr_at_fpr")], *o["auroc"]["values"]])
+    if len(seeds) < 2 or not rows:
+        return
+    rep.heading("Table II over detector seeds", level=3, anchor="table2-seeds")
+    not_repeated = [detector_names.get(k, k) for k in results.get("baselines", {})
+                    if k not in results["seeds"].get("repeated", {})]
+    rep.paragraph(f"Each seeded detector is trained once per detector seed ({', '.join(map(str, seeds))}: network "
+                  "initialisation and batch order, the statistic detectors' cross-validation folds); fixed across "
+                  f"seeds: {results['seeds'].get('fixed', '')}. Cells: mean over "
+                  "seeds [95% Student-t interval over seeds]; the tables above show the first seed with bootstrap "
+                  "intervals over test images. The seed interval measures training randomness only, the bootstrap "
+                  "interval the test sample only."
+                  + (f" Not seeded, hence not repeated: {', '.join(not_repeated)}." if not_repeated else ""))
+    rep.table(["detector", "attack", "D(x_test)", "D(x_adv)", "AUROC", f"TPR@{fpr:.0%}FPR",
+               *[f"AUROC seed {s}" for s in seeds]], rows)
+
+
 def render_detection_report(run_dir: Path, results: dict[str, Any]) -> tuple[Path, Path]:
     """report.md / report.html of a detection run, from its results only (display names: the attack and
     detector registries, as recorded in the results at run time)."""
@@ -198,6 +227,7 @@ def render_detection_report(run_dir: Path, results: dict[str, Any]) -> tuple[Pat
         curves = {_nice(n): (np.array(c["fpr"]), np.array(c["tpr"]), c["auroc"]) for n, c in results["roc"].items()}
         rep.figure(roc_plot(curves, fig_dir / "roc.png", "ROC of the saliency detector per attack"),
                    "ROC curves of D (image ⊕ saliency), clean test vs adversarial test.")
+    seeds_section(rep, results, _nice, detector_names, cfg["fpr"])
 
     if any(results["baselines"].values()):
         rep.heading("Baselines and ablations (same data and protocol)", anchor=DETECTION_SECTIONS["baselines"])

@@ -31,12 +31,7 @@ def table_row(scores_clean: np.ndarray, scores_adv: np.ndarray, threshold: float
               restrict_clean: np.ndarray, restrict_adv: np.ndarray, fpr: float) -> dict[str, Any]:
     """Seed 001 Table II quantities plus AUROC / TPR at ``fpr``; 'restricted' = successful adversarial examples
     of correctly classified images vs those same clean images."""
-    rates = dm.detection_rates(scores_clean, scores_adv, threshold)
-    labels = np.r_[np.zeros(len(scores_clean)), np.ones(len(scores_adv))]
-    scores = np.r_[scores_clean, scores_adv]
-    row = {"f_clean": f_clean, "f_adv": f_adv, "d_clean": rates.clean_as_clean, "d_adv": rates.adv_as_adv,
-           "accuracy": rates.accuracy, "auroc": dm.auroc(scores, labels),
-           "tpr_at_fpr": dm.tpr_at_fpr(scores, labels, fpr),
+    row = {"f_clean": f_clean, "f_adv": f_adv, **detection_numbers(scores_clean, scores_adv, threshold, fpr),
            "n_clean": len(scores_clean), "n_adv": len(scores_adv),
            "ci": rate_intervals(scores_clean, scores_adv, threshold)}
     rc, ra = scores_clean[restrict_clean], scores_adv[restrict_adv]
@@ -47,6 +42,16 @@ def table_row(scores_clean: np.ndarray, scores_adv: np.ndarray, threshold: float
                              "auroc": dm.auroc(np.r_[rc, ra], rl), "tpr_at_fpr": dm.tpr_at_fpr(np.r_[rc, ra], rl, fpr),
                              "n_clean": len(rc), "n_adv": len(ra)}
     return row
+
+
+def detection_numbers(scores_clean: np.ndarray, scores_adv: np.ndarray, threshold: float,
+                      fpr: float) -> dict[str, float]:
+    """Table II's detection quantities of one detector: D(x_test), D(x_adv), accuracy, AUROC, TPR at ``fpr``."""
+    rates = dm.detection_rates(scores_clean, scores_adv, threshold)
+    labels = np.r_[np.zeros(len(scores_clean)), np.ones(len(scores_adv))]
+    scores = np.r_[scores_clean, scores_adv]
+    return {"d_clean": rates.clean_as_clean, "d_adv": rates.adv_as_adv, "accuracy": rates.accuracy,
+            "auroc": dm.auroc(scores, labels), "tpr_at_fpr": dm.tpr_at_fpr(scores, labels, fpr)}
 
 
 def rate_intervals(scores_clean: np.ndarray, scores_adv: np.ndarray, threshold: float) -> dict[str, Any]:
@@ -146,3 +151,44 @@ def standing(table2: dict[str, dict[str, Any]], baselines: dict[str, dict[str, d
                        "ties": [[k, v] for k, v in others if abs(main - v) < margin],
                        "trails": [[k, v] for k, v in others if v - main >= margin]}
     return out
+
+
+# ------------------------------------------------------------------------------------------------ option seeds
+#: The quantities repeated over detector seeds (all bounded in [0, 1]).
+SEED_KEYS = ("d_clean", "d_adv", "accuracy", "auroc", "tpr_at_fpr")
+
+
+def over_seeds(per_seed: list[dict[str, float]], seeds: list[int]) -> dict[str, Any]:
+    """Mean and 95% Student-t interval over seeds (:func:`advsal.studies.stats.seeds_interval`) of each of
+    :data:`SEED_KEYS` from one row per seed: ``{"seeds", key: {"estimate", "lo", "hi", "n", "values"}}``. The
+    quantities are shares or AUROCs, so the bounds are clipped to [0, 1]."""
+    out: dict[str, Any] = {"seeds": list(seeds)}
+    for key in SEED_KEYS:
+        values = [float(row[key]) for row in per_seed]
+        iv = stats.seeds_interval(values)
+        out[key] = {**iv, "lo": float(np.clip(iv["lo"], 0, 1)), "hi": float(np.clip(iv["hi"], 0, 1)),
+                    "values": values}
+    return out
+
+
+def seed_numbers(trained: TrainedDetector, fpr: float) -> dict[str, float]:
+    st = trained.stage
+    return detection_numbers(st["scores_clean"].numpy(), st["scores_adv"].numpy(), st["threshold"], fpr)
+
+
+def add_seed_intervals(out: dict[str, Any], cfg: Any, seeds: list[int],
+                       repeats: dict[int, dict[str, dict[str, TrainedDetector]]],
+                       first: dict[str, dict[str, TrainedDetector]]) -> None:
+    """Option ``seeds``: ``out["seeds"]`` (the detector seeds, and per detector kind the attacks repeated over
+    them) and, with more than one seed, ``over_seeds`` (:func:`over_seeds`) in every Table II and baseline row
+    of a seeded detector. ``first``: the first seed's detectors ``{kind: {attack: detector}}``; ``repeats``: the
+    further seeds' (``steps.repeat_detectors``). The bootstrap intervals (``ci``) stay the first seed's."""
+    repeated = next(iter(repeats.values()), {}) if repeats else {}
+    out["seeds"] = {"detector_seeds": list(seeds), "repeated": {k: list(per) for k, per in repeated.items()},
+                    "fixed": "F, the image subsets and the adversarial sets (attacks and their random draws)"}
+    for kind, per in repeated.items():
+        rows = out["table2"] if kind == MAIN_DETECTOR else out["baselines"][kind]
+        for attack in per:
+            numbers = [seed_numbers(first[kind][attack], cfg.fpr),
+                       *(seed_numbers(repeats[s][kind][attack], cfg.fpr) for s in seeds[1:])]
+            rows[attack]["over_seeds"] = over_seeds(numbers, seeds)

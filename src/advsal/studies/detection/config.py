@@ -7,7 +7,7 @@ attack names are those of :data:`advsal.attacks.specs.ATTACK_SPECS`, detector na
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from ...attacks.specs import ATTACK_SPECS
@@ -153,6 +153,9 @@ class Config:
     layer_images: int = 100
     fpr: float = 0.05
     seed: int = 0
+    # detector seeds to repeat the seeded detectors over (Table II's D and the seeded baselines), F, the subsets
+    # and the adversarial sets fixed; the first one is every section's; null: [detector.seed], as one run
+    seeds: list[int] | None = None
     device: str = "auto"
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)  # task resources under --executor ray
 
@@ -210,4 +213,16 @@ class Config:
                 f"must be null or three module names (shallow, middle, deep), got {self.layers}")
         require(self.layer_images >= 1, "layer_images", f"must be ≥ 1, got {self.layer_images}")
         require(0 < self.fpr < 1, "fpr", f"must be in (0, 1), got {self.fpr}")
+        require(self.seeds is None or (len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds)
+                                       and all(0 <= s < 2**32 for s in self.seeds)), "seeds",
+                f"must be null or a non-empty list of distinct seeds in [0, 2^32), e.g. [0, 1, 2], got {self.seeds}")
         check_device(self.device)
+
+    def detector_seeds(self) -> list[int]:
+        """The detector seeds the seeded detectors are trained with, one repetition each (``seeds``, else
+        ``[detector.seed]``: a single run, whose stages are those of a config without ``seeds``)."""
+        return list(self.seeds) if self.seeds else [self.detector.seed]
+
+    def for_detector_seed(self, seed: int) -> Config:
+        """This config with ``detector.seed`` = ``seed`` (equal to it when ``seed`` is already the detector's)."""
+        return replace(self, detector=replace(self.detector, seed=seed))

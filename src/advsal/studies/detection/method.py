@@ -6,7 +6,8 @@
 2. Gradient saliency S = ∂F_c/∂x (Eq. 5) of every clean and adversarial image — computed inside the detector.
 3. Train the detector D on image ⊕ saliency (Table I detector), one per attack; the baselines of the registry
    (image only, saliency only, N+1 class, Metzen, first layer; LID, Mahalanobis, KD+BU, feature squeezing) on
-   the same data.
+   the same data. Option ``seeds``: the seeded detectors (D and the baselines whose fit takes a seed) again per
+   further detector seed, F, the images and the adversarial sets fixed (Table II over seeds).
 4. Evaluate in Table II's layout, plus AUROC and TPR at ``fpr``, on all and on "successful adversarial examples
    of correctly classified images".
 5. Generalisation: attack × attack (Fig. 2) and ε_fit × ε_test (Table III).
@@ -36,6 +37,7 @@ from .steps import (
     examples,
     hardened_detector,
     layer_analysis,
+    repeat_detectors,
     score_matrix,
     search_epsilon,
     second_round,
@@ -59,6 +61,8 @@ def run(cfg: Config, run_dir: str | Path, *, model: nn.Module | None = None,
 
 def method(ctx: Context, cfg: Config, run_dir: Path) -> dict[str, Any]:
     """The study's steps on F = ``ctx.model``; returns the results' tables."""
+    seeds = cfg.detector_seeds()  # option seeds: the first is every section's detector seed
+    cfg = cfg.for_detector_seed(seeds[0])
     layers = study_layers(ctx.model, cfg)
     attacks = {name: ATTACK_SPECS[name] for name in cfg.attacks}
     train = draw("train-subset", ctx.train, cfg.n_train, cfg.seed)
@@ -81,6 +85,11 @@ def method(ctx: Context, cfg: Config, run_dir: Path) -> dict[str, Any]:
     baselines = {kind: {a: train_detector(ctx, DETECTOR_SPECS[kind], cfg, f"detector-{kind}-{a}", train_for[a],
                                           adv_train[a], test, adv_test[a]) for a in cfg.baseline_attacks}
                  for kind in cfg.baselines}
+    # Step 3b (option seeds): the seeded detectors again per further detector seed, F and adversarial sets fixed
+    specs = {MAIN_DETECTOR: main, **{kind: DETECTOR_SPECS[kind] for kind in cfg.baselines}}
+    trained_on = {MAIN_DETECTOR: list(attacks), **{kind: list(cfg.baseline_attacks) for kind in cfg.baselines}}
+    repeats = {s: repeat_detectors(ctx, cfg.for_detector_seed(s), specs, trained_on, train_for, adv_train, test,
+                                   adv_test) for s in seeds[1:]}
 
     # Step 5: generalisation across attacks (Fig. 2) and across ε (Table III)
     # (and each baseline, trained on each of baseline_attacks, on every attack's test set)
@@ -128,6 +137,8 @@ def method(ctx: Context, cfg: Config, run_dir: Path) -> dict[str, Any]:
 
     out = analysis.results(cfg, test, eps, adv_train, adv_test, detectors, baselines, cross, eps_matrices, second,
                             layer_stage)
+    analysis.add_seed_intervals(out, cfg, seeds, repeats, {MAIN_DETECTOR: detectors, **baselines})
+    ctx.results["provenance"]["detector_seeds"] = seeds
     if security_stages:
         out["security"] = security_results(sec, a, eps[a], security_stages, hardening)
     return out

@@ -29,7 +29,7 @@ from ...saliency import grad_cam_layers, gradient
 from ...store import Source, Stage, save_tensors
 from ...tensors import map_batches, predict_logits
 from ..engine import Context
-from .registry import DetectorSpec
+from .registry import MAIN_DETECTOR, DetectorSpec
 
 ATTACK_BATCH = 250  # images per attack chunk (memory only; results do not depend on it)
 SALIENCY_BATCH = 500
@@ -169,6 +169,29 @@ def train_detector(ctx: Context, spec: DetectorSpec, cfg: Any, name: str, train:
     inputs = [ctx.classifier, train.node, test.node, adv_test] + ([adv_train] if spec.adversarial else [])
     params = {"detector": det.params(), "fit": fit_options, "rows": list(rows) if rows else None}
     return TrainedDetector(ctx.stage(name, compute, inputs=inputs, params=params), spec, ctx, cfg)
+
+
+def is_seeded(spec: DetectorSpec, cfg: Any) -> bool:
+    """Whether ``spec``'s detector depends on the detector seed (its fit options carry one: the networks'
+    initialisation and batch order, the statistic detectors' cross-validation folds)."""
+    return "seed" in spec.training(cfg)
+
+
+def repeat_detectors(ctx: Context, cfg: Any, specs: dict[str, DetectorSpec], attacks: dict[str, list[str]],
+                     train_for: dict[str, Part], adv_train: dict[str, Stage], test: Part,
+                     adv_test: dict[str, Stage]) -> dict[str, dict[str, TrainedDetector]]:
+    """The seeded detectors again with ``cfg.detector.seed`` (option ``seeds``): for each kind of ``specs``
+    that :func:`is_seeded`, trained on each of its ``attacks[kind]`` exactly as the first seed's (same F,
+    images and adversarial sets), as stage ``detector-[KIND-]ATTACK-seedS``; ``{kind: {attack: detector}}``."""
+    s = cfg.detector.seed
+    out: dict[str, dict[str, TrainedDetector]] = {}
+    for kind, spec in specs.items():
+        if not is_seeded(spec, cfg):
+            continue
+        prefix = "detector" if kind == MAIN_DETECTOR else f"detector-{kind}"
+        out[kind] = {a: train_detector(ctx, spec, cfg, f"{prefix}-{a}-seed{s}", train_for[a], adv_train[a], test,
+                                       adv_test[a]) for a in attacks[kind]}
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ Step 6
