@@ -283,3 +283,17 @@ def test_strongest_attack_members_are_distinct_and_verified(small_pair):
     assert float((out.x_adv - x).abs().max()) <= 0.1 + 1e-6
     with pytest.raises(ValueError, match="modes"):
         strongest_attack(0.1, warm_modes=["sideways"])
+
+
+def test_tramer_comparison_pairs_eps_with_half_eps_and_flags_claims_beyond_the_classifier():
+    from advsal.report.detection import tramer_comparison
+
+    sec = {"detectors": {"image+saliency-hardened": {"linf": {"eps": [0.1, 0.2], "robust_accuracy": [0.9, 0.95]}}},
+           "hardening": {"pgd_trained": {"eps": [0.0, 0.05, 0.1, 0.2], "robust_accuracy": [0.99, 0.93, 0.6, 0.1]}}}
+    text = tramer_comparison(sec)
+    assert "ε 0.1: hardened D 0.90 vs PGD-trained F at ε/2 0.93" in text
+    assert "ε 0.2: hardened D 0.95 vs PGD-trained F at ε/2 0.60" in text and "gradient masking" in text
+    sec["detectors"]["image+saliency-hardened"]["linf"]["robust_accuracy"] = [0.9, 0.5]
+    assert "consistent with Tramèr" in tramer_comparison(sec)
+    del sec["hardening"]
+    assert tramer_comparison(sec) == ""

@@ -66,8 +66,8 @@ def security_headline(results: dict[str, Any]) -> str:
     text = (f"**Security finding.** The first round reports D(x_adv) = "
             f"{'–' if not isinstance(d_adv, (int, float)) else format(d_adv, '.3f')} for "
             f"{sec['attack']} at ε* = {sec['eps_star']:.3g} — against an attacker who ignores D. Against the "
-            f"library's strongest adaptive attack (an ensemble of Orthogonal / Selective PGD and combined-loss PGD "
-            f"through D's saliency, best point per image), with D's threshold calibrated to "
+            f"library's strongest adaptive attack ({ensemble_words(sec)}, through D's saliency, best point per "
+            f"image), with D's threshold calibrated to "
             f"{curve['fpr']:.0%} clean FPR and known to the attacker, {curve['both'][i]:.2f} of {curve['n']} "
             f"correctly classified test images fool F and pass D at ε* (F alone: {curve['fooled_any'][i]:.2f}); "
             f"robust TPR {curve['robust_tpr'][i]:.2f}, robust accuracy of F guarded by D "
@@ -77,7 +77,51 @@ def security_headline(results: dict[str, Any]) -> str:
         j = min(range(len(hard["eps"])), key=lambda k: abs(hard["eps"][k] - sec["eps_star"]))
         text += (f" D hardened by dynamic adversary training: robust TPR {hard['robust_tpr'][j]:.2f}, robust "
                  f"accuracy {hard['robust_accuracy'][j]:.2f} at ε*.")
+        tramer = tramer_comparison(sec)
+        if tramer:
+            text += " " + tramer
     return text
+
+
+def ensemble_words(sec: dict[str, Any]) -> str:
+    """The security section's attack ensemble in words, from its recorded member labels (``steps.ensemble_labels``;
+    runs from before they were recorded: the ensemble of that time)."""
+    members = sec.get("ensemble")
+    if not members:
+        return "an ensemble of Orthogonal PGD, Selective PGD and combined-loss PGD"
+    options = (("-warm", "restarts from the best point so far"), ("-beta", "a softplus-β schedule over restarts"),
+               ("-norm", "unit-normalised gradients"), ("-kd", "a logit margin κ_D below the threshold"))
+    extras = [words for key, words in options if any(key in m for m in members)]
+    return (f"an ensemble of {len(members)} attacks run in turn on the images not yet broken — "
+            + ", ".join(f"`{m}`" for m in members)
+            + (" (variants with " + ", ".join(extras) + ")" if extras else ""))
+
+
+def tramer_comparison(sec: dict[str, Any]) -> str:
+    """Tramèr (2022, "Detecting adversarial examples is (nearly) as hard as classifying them"): a detector robust
+    at ε yields a (inefficient) classifier robust at ε/2, so the guarded system's robust accuracy at ε should not
+    beat the best robust classifier's at ε/2. Compares the hardened D (robust accuracy = correct or flagged) at each
+    ε with the PGD-trained F at ε/2, where both were measured; '' when not."""
+    hard = sec["detectors"].get("image+saliency-hardened", {}).get("linf")
+    pgd = (sec.get("hardening") or {}).get("pgd_trained")
+    if not hard or not pgd:
+        return ""
+    pairs = []
+    for k, e in enumerate(hard["eps"]):
+        half = [j for j, f in enumerate(pgd["eps"]) if e > 0 and abs(f - e / 2) <= 1e-6 * max(e, 1)]
+        if half:
+            pairs.append((e, hard["robust_accuracy"][k], pgd["robust_accuracy"][half[0]]))
+    if not pairs:
+        return ""
+    above = [p for p in pairs if p[1] > p[2] + 0.05]
+    listing = "; ".join(f"ε {e:.3g}: hardened D {d:.2f} vs PGD-trained F at ε/2 {f:.2f}" for e, d, f in pairs)
+    if above:
+        verdict = ("the hardened D claims more than the robust classifier reaches at half the budget — by Tramèr's "
+                   "reduction a sign that the attack on D is too weak (gradient masking), not of a robust detector")
+    else:
+        verdict = "consistent with Tramèr's claim (no detector claim beyond the robust classifier's at ε/2)"
+    return (f"Tramèr (2022) comparison, robust accuracy (correct or flagged) at ε vs the PGD-trained classifier's "
+            f"at ε/2: {listing} — {verdict}.")
 
 
 def security_section(rep: Any, results: dict[str, Any], nice, detector_names: dict[str, str], fig_dir: Path) -> None:
@@ -87,9 +131,10 @@ def security_section(rep: Any, results: dict[str, Any], nice, detector_names: di
     sec = results["security"]
     rep.heading("Security under adaptive attacks (robust detection over ε)", anchor=DETECTION_SECTIONS["security"])
     rep.paragraph(
-        f"Each detector trained on {nice(sec['attack'])} guards F against the strongest attack of the library: "
-        "Orthogonal PGD, Selective PGD and PGD on the combined margin loss (λ ∈ {1, 4}), each with APGD step "
-        "sizes, BPDA through the saliency, and PGD on F alone; per image the first point that fools F and "
+        f"Each detector trained on {nice(sec['attack'])} guards F against the strongest attack of the library, "
+        f"{ensemble_words(sec)}: Orthogonal and Selective PGD over the λ sweep, their variants, then PGD on F "
+        "alone (λ = 0); each with APGD step sizes and BPDA through the saliency; per image the first "
+        "point that fools F and "
         "passes D at its threshold counts (checked with the exact F and D). The threshold is calibrated to the "
         "clean FPR on held-out clean test images, and the attacker knows it. 'F fooled' = some attack fooled F; "
         "'both' = F fooled and D passed; robust TPR = 1 − both / F fooled; robust accuracy = correct or flagged. "
@@ -123,7 +168,11 @@ def security_section(rep: Any, results: dict[str, Any], nice, detector_names: di
                       + ". PGD-trained F (Madry et al. 2018, no detector), robust accuracy under APGD-CE: "
                       + ", ".join(f"ε {e:.3g}: {a:.2f}" for e, a in zip(pgd["eps"], pgd["robust_accuracy"],
                                                                          strict=True))
-                      + ". Tramèr (2022) links robust detection to robust classification; compare the curves.")
+                      + ". " + (tramer_comparison(sec) or "Tramèr (2022) links robust detection to robust "
+                                                         "classification; compare the curves.")
+                      + " A detector trained against the attack can mask gradients: its numbers are upper bounds "
+                        "until a transfer attack (the plain D's points) or a stronger attack fails too "
+                        "(benchmarks/security.py --hardened measures both).")
     if series:
         rep.figure(line_plot(series, fig_dir / "security.png", "robust accuracy of the guarded system (L∞)", "ε",
                              "correct or flagged"),

@@ -290,6 +290,8 @@ def security(ctx: Context, s: Any, eps: Stage, detectors: dict[str, TrainedDetec
 
     correct = (adv_test["pred_clean"] == test.y).nonzero().flatten()
     rest = torch.ones(len(test), dtype=torch.bool)
+    warm_modes = security_warm_modes(s)
+    ensemble = ensemble_labels(s)
     out = {}
     for name, trained in detectors.items():
         is_main = name in main
@@ -311,17 +313,33 @@ def security(ctx: Context, s: Any, eps: Stage, detectors: dict[str, TrainedDetec
             for norm, budgets in (("linf", linf), ("l2", l2)):
                 if budgets:
                     def attacks(budget, norm=norm):
-                        return strongest_attack(budget, norm=norm, steps=steps, restarts=s.restarts, lams=s.lams)
+                        return strongest_attack(budget, norm=norm, steps=steps, restarts=s.restarts, lams=s.lams,
+                                                warm_modes=warm_modes)
 
                     curves[norm] = robust_detection(ctx.model, det, x, y, budgets, fpr=fpr, x_calibration=x_cal,
                                                     norm=norm, attacks=attacks).to_dict()
             return {"detector": name, "curves": curves}
 
         params = {"linf_factors": list(s.linf_factors), "linf_eps": list(s.linf_eps), "l2": l2, "steps": steps,
-                  "restarts": s.restarts, "lams": list(s.lams), "fpr": fpr}
+                  "restarts": s.restarts, "lams": list(s.lams), "fpr": fpr, "ensemble": ensemble}
         out[name] = ctx.stage(f"security-{name}", compute, params=params,
                               inputs=[ctx.classifier, images.node, test.node, eps, trained.stage])
     return out
+
+
+def security_warm_modes(s: Any) -> tuple[str, ...]:
+    """The ensemble's warm-restart group (``strongest_attack(warm_modes=...)``): with one start per attack warm
+    restarts do nothing, so a one-start budget (the default's) runs its Selective member only — as many members as
+    the ensemble had before it, at the same cost; with restarts, Selective and Orthogonal."""
+    return ("selective", "orthogonal") if s.restarts > 1 else ("selective",)
+
+
+def ensemble_labels(s: Any) -> list[str]:
+    """The members of the security section's attack ensemble (part of its stages' keys: a change recomputes)."""
+    from ...attacks.detector_attacks import strongest_attack
+
+    return [a.label for a in strongest_attack(0.1, restarts=s.restarts, lams=s.lams,
+                                              warm_modes=security_warm_modes(s)).attacks]
 
 
 def hardened_detector(ctx: Context, s: Any, trained: TrainedDetector, train: Part, adv_train: Stage) -> TrainedDetector:
@@ -351,7 +369,8 @@ def hardened_detector(ctx: Context, s: Any, trained: TrainedDetector, train: Par
 def adversarially_trained(ctx: Context, s: Any, eps: Stage, images: Part) -> Stage:
     """F fine-tuned by PGD adversarial training (Madry et al. 2018; ``advsal.training.adversarial_train_classifier``)
     at L∞ ``s.harden_eps`` for ``s.adv_train_epochs`` epochs on the training data, and its robust accuracy under
-    APGD-CE (L∞, the security section's budgets) on ``images`` — the undefended alternative to a hardened D."""
+    APGD-CE (L∞, the security section's budgets and their halves, for Tramèr's comparison) on ``images`` — the
+    undefended alternative to a hardened D."""
     import copy
 
     from ...attacks import APGD
@@ -363,6 +382,7 @@ def adversarially_trained(ctx: Context, s: Any, eps: Stage, images: Part) -> Sta
                                                seed=0)
         x, y = images.x.to(ctx.device), images.y.to(ctx.device)
         budgets = sorted({*(float(eps["eps"]) * f for f in s.linf_factors), *map(float, s.linf_eps)})
+        budgets = sorted({*budgets, *(e / 2 for e in budgets if e > 0)})  # ε/2 too: Tramèr's comparison
         acc = [float((predict_logits(model, x).argmax(1) == y).float().mean())]
         for e in budgets:
             res = APGD(eps=e, steps=s.steps, restarts=s.restarts)(model, x, y)
@@ -371,7 +391,7 @@ def adversarially_trained(ctx: Context, s: Any, eps: Stage, images: Part) -> Sta
                 "seconds": history.seconds}
 
     params = {"eps": s.harden_eps, "epochs": s.adv_train_epochs, "linf_factors": list(s.linf_factors),
-              "linf_eps": list(s.linf_eps), "steps": s.steps, "restarts": s.restarts}
+              "linf_eps": list(s.linf_eps), "steps": s.steps, "restarts": s.restarts, "halves": True}
     return ctx.stage("classifier-pgd-trained", compute, params=params,
                      inputs=[ctx.classifier, ctx.data, images.node, eps])
 
@@ -381,6 +401,7 @@ def security_results(s: Any, attack: str, eps: Stage, stages: dict[str, Stage],
     """The security section's results: per detector its robust-detection curves; the hardening record."""
     out: dict[str, Any] = {"attack": attack, "eps_star": float(eps["eps"]), "steps": s.steps,
                            "restarts": s.restarts, "baseline_steps": s.baseline_steps,
+                           "ensemble": ensemble_labels(s),
                            "detectors": {name: st["curves"] for name, st in stages.items()}}
     if hardening:
         out["hardening"] = {"rounds": hardening["detector"]["rounds"],
