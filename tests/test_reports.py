@@ -22,7 +22,7 @@ from advsal.studies import stats
 
 PROVENANCE = {"advsal": "0.1.0", "git_commit": "0123456789abcdef", "torch": "2.9.9", "python": "3.11.7",
               "platform": "Linux-test", "device": "cuda:0", "torch_threads": 7, "date": "2026-12-01T00:00:00",
-              "config_hash": "feedfacecafe1234", "seed": 42, "wall_seconds": 12.5}
+              "config_hash": "feedfacecafe1234", "seed": 42, "detector_seeds": [0, 1, 2], "wall_seconds": 12.5}
 
 
 def iv(est, lo, hi):
@@ -142,7 +142,7 @@ def test_report_opens_with_provenance_findings_and_contents(rendered):
     _, md, page = rendered
     head = md.split("## Contents")[0]
     for v in ("0123456789", "torch 2.9.9", "Python 3.11.7", "cuda:0", "7 threads", "seed 42", "feedfacecafe",
-              "2026-12-01", "12.5 s", "Linux-test"):
+              "2026-12-01", "12.5 s", "Linux-test", "detector seeds [0, 1, 2]"):
         assert v in head, v
     assert head.index("Produced by") < head.index("## Findings")
     # every finding links to a section that exists, in both files

@@ -171,8 +171,10 @@ class Report:
         parts = [f"advsal {p.get('advsal', '?')}" + (f" (commit {str(commit)[:10]})" if commit else ""),
                  f"torch {p.get('torch', '?')}", f"Python {p.get('python', '?')}",
                  f"device {p.get('device', '?')} ({p.get('torch_threads', '?')} threads)",
-                 f"platform {p.get('platform', '?')}", f"seed {p.get('seed')}",
-                 f"config {str(p.get('config_hash', '?'))[:12]}", f"run on {p.get('date', '?')}"]
+                 f"platform {p.get('platform', '?')}", f"seed {p.get('seed')}"]
+        if p.get("detector_seeds") is not None:
+            parts.append(f"detector seeds {p['detector_seeds']}")
+        parts += [f"config {str(p.get('config_hash', '?'))[:12]}", f"run on {p.get('date', '?')}"]
         if p.get("wall_seconds") is not None:
             parts.append(f"wall time {float(p['wall_seconds']):.1f} s")
         return "Produced by " + "; ".join(parts) + "."
