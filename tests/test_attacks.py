@@ -441,3 +441,47 @@ def test_float64_images_into_a_float32_model_are_refused_with_the_fix(mnist_mode
                  lambda: predict_logits(mnist_model, x64)):
         with pytest.raises(InputError, match=r"x is float64 but the model's parameters are float32; pass x.to"):
             call()
+
+
+# ---------------------------------------------------------------- perturb (x_adv alone) and the fused L2 step
+
+def _counting(model: nn.Module) -> tuple[nn.Module, list[int]]:
+    calls = [0]
+    model.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    return model, calls
+
+
+@pytest.mark.parametrize("make", [
+    lambda e: FGSM(e), lambda e: BIM(e, steps=3), lambda e: PGD(e, steps=3, restarts=2),
+    lambda e: PGD(e * 6, steps=3, norm="l2", batch_size=3)])
+@pytest.mark.parametrize("per_example", [False, True])
+def test_perturb_is_call_x_adv_without_the_prediction_forward(make, per_example):
+    torch.manual_seed(0)
+    model, calls = _counting(linear_model(torch.randn(4, 16) * 3, torch.zeros(4)))
+    x = torch.rand(7, 1, 4, 4)
+    y = model(x).argmax(1)
+    eps = torch.linspace(0.05, 0.3, 7) if per_example else 0.2
+    for targets in (None, (y + 1) % 4):
+        calls[0] = 0
+        result = make(eps)(model, x, y, targets)
+        full = calls[0]
+        calls[0] = 0
+        x_adv = make(eps).perturb(model, x, y, targets)
+        chunks = 3 if make(eps).batch_size == 3 else 1
+        assert torch.equal(x_adv, result.x_adv)
+        assert full - calls[0] == chunks  # exactly the one prediction forward per chunk is skipped
+
+
+@pytest.mark.parametrize("alpha,eps", [(0.3, 0.1), (0.05, 0.1)])
+def test_l2_step_projects_onto_the_ball_exactly(alpha, eps):
+    """Two classes, logits linear: the CE gradient points along w1 − w0, so one normalised L2 step moves x by
+    min(α, ε) along that unit vector (projected when α > ε, untouched when α < ε)."""
+    torch.manual_seed(1)
+    w = torch.randn(2, 9)
+    model = linear_model(w, torch.zeros(2))
+    x = torch.full((3, 1, 3, 3), 0.5)
+    y = torch.zeros(3, dtype=torch.long)
+    unit = (w[1] - w[0]) / (w[1] - w[0]).norm()
+    x_adv = BIM(eps, alpha=alpha, steps=1, norm="l2").perturb(model, x, y)
+    expected = x + min(alpha, eps) * unit.view(1, 1, 3, 3)
+    assert torch.allclose(x_adv, expected, atol=1e-6)

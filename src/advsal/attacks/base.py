@@ -212,6 +212,23 @@ class Attack:
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor | None = None,
                  targets: Tensor | None = None) -> AttackResult:
+        x_adv, pred, queries, y, targets = self._craft(model, x, y, targets, evaluate=True)
+        success = pred == targets if targets is not None else pred != y
+        return AttackResult(x_adv=x_adv, success=success, pred=pred, **perturbation_norms(x, x_adv),
+                            queries=queries, targets=targets)
+
+    def perturb(self, model: nn.Module, x: Tensor, y: Tensor | None = None,
+                targets: Tensor | None = None) -> Tensor:
+        """The adversarial images alone, exactly ``self(model, x, y, targets).x_adv``, without the bookkeeping:
+        no forward pass on them for the prediction and success, no norms. For callers that only need the
+        images (adversarial training, a peer library's ``attack(x, y)`` contract); FGSM then costs one
+        forward+backward instead of that plus a forward."""
+        return self._craft(model, x, y, targets, evaluate=False)[0]
+
+    def _craft(self, model: nn.Module, x: Tensor, y: Tensor | None, targets: Tensor | None, evaluate: bool
+               ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor, Tensor | None]:
+        """Validate, freeze, attack chunk by chunk; returns (x_adv, pred or None, queries, y, targets) on x's
+        device. ``evaluate`` runs the model on each chunk's result for its prediction (``__call__``)."""
         with frozen(model):
             y, targets = self._validate(model, x, y, targets)
             self._targeted = targets is not None
@@ -230,8 +247,9 @@ class Attack:
                         out = self._run(model, xc.detach().clone(), yc, tc)
                         adv, q = out if isinstance(out, tuple) else (out, None)
                         adv = adv.detach().clamp(0, 1)
-                        with torch.no_grad():
-                            preds.append(model(adv).argmax(1).to(x.device))
+                        if evaluate:
+                            with torch.no_grad():
+                                preds.append(model(adv).argmax(1).to(x.device))
                         advs.append(adv.to(x.device))
                         if q is not None:
                             queries.append(q.to(x.device))
@@ -239,12 +257,10 @@ class Attack:
                 finally:
                     self._bar = None
                     self._chunk = slice(None)
-        x_adv = torch.cat(advs)
-        pred = torch.cat(preds)
-        success = pred == targets.to(x.device) if targets is not None else pred != y.to(x.device)
-        return AttackResult(x_adv=x_adv, success=success, pred=pred, **perturbation_norms(x, x_adv),
-                            queries=torch.cat(queries) if queries else None,
-                            targets=targets.to(x.device) if targets is not None else None)
+        x_adv = advs[0] if len(advs) == 1 else torch.cat(advs)
+        pred = (preds[0] if len(preds) == 1 else torch.cat(preds)) if evaluate else None
+        return (x_adv, pred, torch.cat(queries) if queries else None, y.to(x.device),
+                targets.to(x.device) if targets is not None else None)
 
     def _info(self, text: str) -> None:
         """Show ``text`` (e.g. "step 40/100") in the running progress bar; for subclasses' long loops."""

@@ -172,14 +172,22 @@ class PGD(Attack):
         a = _per_image(alpha, x)
         lo, hi = ((x - _per_image(eps, x)).clamp_min(0), (x + _per_image(eps, x)).clamp_max(1)) \
             if self.norm == "linf" else (None, None)
+        shape = (-1, *([1] * (x.dim() - 1)))
         for step in range(self.steps):
             grad, _ = loss_gradient(model, x_adv, labels, targeted)
             with torch.no_grad():
                 if self.norm == "linf":
-                    # Π_ε then clip to [0, 1] in one pass: the box [max(x−ε, 0), min(x+ε, 1)]
-                    x_adv = torch.minimum(torch.maximum(x_adv + a * grad.sign(), lo), hi)
+                    # Π_ε then clip to [0, 1] in one pass: the box [max(x−ε, 0), min(x+ε, 1)]; in place on the
+                    # fresh gradient (a·sign + x_adv is bitwise x_adv + a·sign: IEEE addition commutes)
+                    x_adv = grad.sign_().mul_(a).add_(x_adv).clamp_(lo, hi)
                 else:
-                    x_adv = (x + project(x_adv + _l2_normalise(grad).mul_(a) - x, eps, "l2")).clamp_(0, 1)
+                    # x + Π_ε(x_adv + α·∇/‖∇‖ − x), clipped: the same operations in the same order as
+                    # project(), done in place on the fresh gradient (no per-step temporaries)
+                    delta = grad.div_(grad.flatten(1).norm(dim=1).clamp_min(_TINY).view(shape)).mul_(a)
+                    delta = delta.add_(x_adv).sub_(x)
+                    norms = delta.flatten(1).norm(dim=1)
+                    delta.mul_(torch.where(norms > eps, eps / norms.clamp_min(_TINY), 1.0).view(shape))
+                    x_adv = delta.add_(x).clamp_(0, 1)
             if self._reporting:
                 self._info(f"restart {restart + 1}/{self.restarts} step {step + 1}/{self.steps}")
         return x_adv
