@@ -94,8 +94,9 @@ def _norm(delta: Tensor, norm: str) -> Tensor:
 class FABT(Attack):
     """FAB-T (Croce & Hein 2020): the targeted fast adaptive boundary attack, L∞ or L2 (see the module
     docstring), against each of the ``n_targets`` classes the model ranks highest after the true one, in turn.
-    Success is misclassification (untargeted robustness evaluation, as AutoAttack uses it); passing
-    ``targets=`` linearises the boundary to the given classes and succeeds when they are reached.
+    Success is misclassification (untargeted robustness evaluation, as AutoAttack uses it). Passing
+    ``targets=`` runs towards the given classes instead and succeeds when they are reached; the boundary
+    linearised is then z_j = z_t with j the highest-ranked other class at the current iterate (y at the start).
 
     Arguments:
         eps (float, Tensor or None): budget, one number or one per example (shape (N,)); an example with no
