@@ -6,11 +6,14 @@ test images measures with :func:`advsal.detection.security.robust_detection` and
 
 * at D's own threshold (0.5) and with the threshold calibrated to 5% clean FPR on held-out clean test images
   (the attacker knows it), L∞ ε ∈ {ε*, 0.2, 0.3} (ε* = the study's BIM budget);
-* with ``--hardened``: the same curve for D hardened by dynamic adversary training
-  (:func:`advsal.detection.hardening.harden_detector`) and for a PGD-trained classifier (Madry et al.).
+* with ``--hardened`` (Tramèr's comparison): the plain D and D hardened by dynamic adversary training
+  (:func:`advsal.detection.hardening.harden_detector`) at ``--hard-eps``, the plain D's points transferred to the
+  hardened D (a gradient-masking check), and a PGD-trained classifier (Madry et al.) at those budgets and their
+  halves.
 
 Run: `.venv/bin/python benchmarks/security.py [--images 100] [--steps 100] [--restarts 2] [--eps ...] [--hardened]`
-(writes benchmarks/results/security.json after each setting).
+(writes benchmarks/results/``--out`` after each setting; ``--run-name`` for a second process on a copy of the cached
+run, whose lock admits one process).
 """
 
 from __future__ import annotations
