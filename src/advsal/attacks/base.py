@@ -8,7 +8,8 @@ An attack is a configured object called on a model (DESIGN.md):
 Subclasses implement ``_run(model, x, y, targets) -> x_adv`` (or ``(x_adv, queries)`` for black-box
 attacks) on one chunk of already validated inputs; the base class validates, freezes the model (eval mode, no
 parameter gradients, both restored afterwards), splits big inputs into ``batch_size`` chunks with a progress
-bar, clips to [0, 1], and measures success and perturbation norms.
+bar, clips to [0, 1], and measures success and perturbation norms. ``attack.perturb(model, x, y)`` returns
+the same adversarial images alone, skipping that bookkeeping (one forward pass on them and the norms).
 
 Per-example parameters: an attack lists in ``per_example`` the attributes that may hold one value per example
 (a 1-D tensor of shape (N,), e.g. ``eps``). The base checks their length against the batch and ``_run`` reads
