@@ -70,6 +70,16 @@ def get_resnet20(epochs=2):
     return model.eval()
 
 
+def correct_images(model, n):
+    """Freeze ``model`` and return its first ``n`` correctly classified mnist5k test images and their labels."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    _, test = load_dataset("mnist5k")
+    with torch.no_grad():
+        ok = model(test.x).argmax(1) == test.y
+    return test.x[ok][:n].contiguous(), test.y[ok][:n].contiguous()
+
+
 def stats(model, x, y, x_adv, targets=None):
     with torch.no_grad():
         pred = model(x_adv).argmax(1)
@@ -222,12 +232,7 @@ def main():
     set_quiet(True)
     torch.manual_seed(0)
     model = get_model()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    _, test = load_dataset("mnist5k")
-    with torch.no_grad():
-        ok = model(test.x).argmax(1) == test.y
-    x, y = test.x[ok][:args.n].contiguous(), test.y[ok][:args.n].contiguous()
+    x, y = correct_images(model, args.n)
     n = len(x)
     slow = 0.2 if args.quick else 1.0
     n_cw, n_df, n_jsma, n_pix, n_aa = (min(n, max(4, int(k * slow))) for k in (100, 200, 100, 40, 200))
@@ -380,12 +385,7 @@ def autoattack_rows(b, model, n, peers, rounds):
     if peers:
         import torchattacks as ta
     r20 = get_resnet20()
-    for p in r20.parameters():
-        p.requires_grad_(False)
-    _, test = load_dataset("mnist5k")
-    with torch.no_grad():
-        ok = r20(test.x).argmax(1) == test.y
-    b20 = Bench(r20, test.x[ok][:n].contiguous(), test.y[ok][:n].contiguous())
+    b20 = Bench(r20, *correct_images(r20, n))
 
     def ours(net, eps, steps):
         def fn(x, y, t):

@@ -25,6 +25,15 @@ set_quiet(True)
 TEST_DEVICE = str(resolve_device(os.environ.get("ADVSAL_TEST_DEVICE", "cpu")))
 
 
+def numbers(results):
+    """results.json without what legitimately differs between runs of the same numbers: timings (wall times,
+    images per second), the provenance (dates, device) and the config."""
+    if isinstance(results, dict):
+        return {k: numbers(v) for k, v in results.items()
+                if k not in ("timings", "provenance", "config") and "seconds" not in k and "per_second" not in k}
+    return [numbers(v) for v in results] if isinstance(results, list) else results
+
+
 @pytest.fixture(scope="session")
 def device() -> str:
     return TEST_DEVICE

@@ -10,6 +10,8 @@ import torch
 
 ray = pytest.importorskip("ray")
 
+from conftest import numbers  # noqa: E402
+
 from advsal.errors import StoreError  # noqa: E402
 from advsal.executor import RayExecutor, init_ray  # noqa: E402
 from advsal.store import RunStore  # noqa: E402
@@ -31,14 +33,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 def ray_local():
     init_ray(num_cpus=2)
     return ray
-
-
-def numbers(results):
-    """Every number of results.json but the timings (wall times, images per second) and the provenance."""
-    if isinstance(results, dict):
-        return {k: numbers(v) for k, v in results.items()
-                if k not in ("timings", "provenance") and "seconds" not in k and "per_second" not in k}
-    return [numbers(v) for v in results] if isinstance(results, list) else results
 
 
 def test_ray_run_gives_the_local_numbers(tmp_path, ray_local):

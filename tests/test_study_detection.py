@@ -11,6 +11,7 @@ import sys
 
 import pytest
 import torch
+from conftest import numbers
 
 from advsal.attacks import FGSM
 from advsal.attacks.specs import ATTACK_SPECS, AttackSpec, register_attack_spec
@@ -90,14 +91,6 @@ TINY = {
 def tiny_config(device, **changes):
     cfg = from_mapping(Config, {**TINY, "device": device})
     return from_mapping(Config, changes, base=cfg) if changes else cfg
-
-
-def numbers(results):
-    """results without what legitimately differs between runs: timings, dates, the device, the config."""
-    if isinstance(results, dict):
-        return {k: numbers(v) for k, v in results.items() if k not in ("timings", "provenance", "config")
-                and "seconds" not in k and "per_second" not in k}
-    return results
 
 
 @pytest.fixture(scope="module")

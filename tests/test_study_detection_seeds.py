@@ -10,6 +10,7 @@ import re
 
 import numpy as np
 import pytest
+from conftest import numbers
 from scipy import stats as sps
 from test_study_detection import TINY  # also registers the external "confidence" baseline (not seeded)
 
@@ -31,14 +32,6 @@ SMALL = {**TINY, "name": "tiny-seeds", "data": {"name": "mnist5k", "train_limit"
 
 def config(device, **changes):
     return from_mapping(Config, {**SMALL, "device": device, **changes})
-
-
-def numbers(results):
-    """results without what legitimately differs between runs (timings, dates, the config)."""
-    if isinstance(results, dict):
-        return {k: numbers(v) for k, v in results.items() if k not in ("timings", "provenance", "config")
-                and "seconds" not in k and "per_second" not in k}
-    return results
 
 
 @pytest.fixture(scope="module")
