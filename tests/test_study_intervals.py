@@ -145,3 +145,8 @@ def test_explanation_held_out_finding_states_a_direction_only_when_the_interval_
     assert "no clear direction on CC hit rate (the 95% interval covers 0)" in clear["text"]
     vague = explanation_findings(_tuned_results(-0.2, 0.01))[0]["text"]
     assert "no clear direction on APE_D" in vague and "ours lower (better)" not in vague
+    ranks_only = _tuned_results(-0.2, 0.01)
+    ranks_only["tuned"]["comparisons"][0]["ape"]["verdict"] = "better"  # Wilcoxon significant, mean interval ∋ 0
+    text = explanation_findings(ranks_only)[0]["text"]
+    assert "no clear verdict (Wilcoxon on ranks says better" in text and "ours significantly better" not in text
+    assert "ours significantly better" in clear["text"]  # both agree: the direction is stated

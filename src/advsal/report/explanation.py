@@ -84,8 +84,15 @@ def _direction(t: dict[str, Any], label: str) -> str:
 
 
 def _verdict_phrase(t: dict[str, Any]) -> str:
+    """The Wilcoxon verdict, unless the mean difference's 95% interval covers 0: the two then disagree (ranks vs
+    mean) and no direction is stated."""
     v = t["verdict"]
-    return f"ours significantly {v}" if v in ("better", "worse") else v
+    if v not in ("better", "worse"):
+        return v
+    lo, hi = _num(t.get("lo")), _num(t.get("hi"))
+    if math.isfinite(lo) and math.isfinite(hi) and lo <= 0 <= hi:
+        return f"no clear verdict (Wilcoxon on ranks says {v}, the mean difference's interval covers 0)"
+    return f"ours significantly {v}"
 
 
 def diff_text(t: dict[str, Any], pct: bool = False) -> str:
