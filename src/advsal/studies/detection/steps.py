@@ -431,7 +431,9 @@ def layer_analysis(ctx: Context, layers: list[str], test: Part, adv_tests: dict[
                 # bounded in [0, 1] (0: identical, 1: disjoint supports); ‖a − c‖ / ‖c‖ explodes where the
                 # clean map is (nearly) zero, which Grad-CAM's ReLU makes common at middle layers
                 change = (a - c).norm(dim=1) / (a.norm(dim=1) + c.norm(dim=1)).clamp_min(1e-12)
-                rows[layer] = {"correlation": float(np.nanmean(corr[succ.numpy()])) if succ.any() else float("nan"),
+                defined = corr[succ.numpy()]
+                defined = defined[~np.isnan(defined)]  # a constant map has no correlation
+                rows[layer] = {"correlation": float(defined.mean()) if len(defined) else float("nan"),
                                "change": float(change[succ].mean()) if succ.any() else float("nan"),
                                "n": int(succ.sum())}
             out[name] = rows
