@@ -75,22 +75,8 @@ def detection_findings(results: dict[str, Any]) -> list[Finding]:
 
     out: list[Finding] = []
     table2 = results.get("table2", {})
-    if table2 and all(_seed_interval(r, "auroc") for r in table2.values()):
-        out.append(main_detector_over_seeds(table2, nice))
-    elif table2:
-        aurocs = {a: _interval(r, "auroc") for a, r in table2.items()}
-        worst = min(aurocs, key=lambda a: aurocs[a]["estimate"])
-        best = max(aurocs, key=lambda a: aurocs[a]["estimate"])
-        lo = aurocs[worst]
-        at_chance = lo["estimate"] <= CHANCE_ACCURACY or (math.isfinite(lo["lo"]) and lo["lo"] <= 0.5)
-        verdict = ("is not distinguishable from chance on at least one attack" if at_chance else
-                   "detects every attack well" if lo["estimate"] >= 0.9 else "detects some attacks only partly")
-        text = (f"The saliency detector {verdict}: AUROC from {interval_text(lo)} ({nice(worst)}) to "
-                f"{interval_text(aurocs[best])} ({nice(best)}) over {len(aurocs)} attacks")
-        d_adv = _interval(table2[worst], "d_adv")
-        if math.isfinite(d_adv["estimate"]):
-            text += f"; on {nice(worst)} it flags {d_adv['estimate']:.1%} of adversarial test images"
-        out.append({"text": text + ".", "section": DETECTION_SECTIONS["table2"]})
+    if table2:
+        out.append(main_detector_finding(table2, nice))
 
     image = (results.get("baselines") or {}).get("image") or {}
     shared = [a for a in image if a in table2]
@@ -165,9 +151,9 @@ def detection_findings(results: dict[str, Any]) -> list[Finding]:
     return out[:6]
 
 
-# -- option seeds (issue #17): verdicts over detector seeds ----------------------------------------------------
-#: The AUROC from which the saliency detector "detects an attack well"; over seeds the lower bound of the 95%
-#: seed interval must clear it.
+# -- the main verdict, over test images or over detector seeds (option seeds) ------------------------------------
+#: The AUROC from which the saliency detector "detects an attack well": the lower bound of its 95% interval (over
+#: detector seeds when there are several, else the bootstrap over test images) must clear it.
 DETECTS_WELL = 0.9
 
 
@@ -195,32 +181,42 @@ def compare_rows(a: dict[str, Any], b: dict[str, Any], key: str) -> str:
     return first if compare(sa, sb) == first else "ties"
 
 
-def main_detector_over_seeds(table2: dict[str, dict[str, Any]], nice: Any) -> Finding:
-    """The saliency detector's verdict when Table II was repeated over detector seeds: "detects every attack
-    well" only when on every attack the lower bound of the AUROC's 95% seed interval is at least
-    ``DETECTS_WELL``; "well on average" when every mean is but some lower bound is not; "not distinguishable
-    from chance" when a mean is at most ``CHANCE_ACCURACY`` or a lower bound at most 0.5."""
-    aurocs = {a: _seed_interval(r, "auroc") for a, r in table2.items()}
+def main_detector_finding(table2: dict[str, dict[str, Any]], nice: Any) -> Finding:
+    """The saliency detector's verdict over Table II, read from the AUROC's 95% interval over detector seeds
+    when every row has one (option ``seeds``), else from its bootstrap interval over test images: "detects every
+    attack well" only when on every attack the lower bound is at least ``DETECTS_WELL``; "well on average" when
+    every estimate is but some lower bound is not; "not distinguishable from chance" when an estimate is at most
+    ``CHANCE_ACCURACY`` or a lower bound at most 0.5 (a missing bound reads as its estimate)."""
+    over_seeds = all(_seed_interval(r, "auroc") for r in table2.values())
+    get, show = (_seed_interval, seeds_text) if over_seeds else (_interval, interval_text)
+    aurocs = {a: get(r, "auroc") for a, r in table2.items()}
+
+    def bound(a: str) -> float:
+        return aurocs[a]["lo"] if math.isfinite(aurocs[a]["lo"]) else aurocs[a]["estimate"]
+
     worst = min(aurocs, key=lambda a: aurocs[a]["estimate"])
     best = max(aurocs, key=lambda a: aurocs[a]["estimate"])
-    shakiest = min(aurocs, key=lambda a: aurocs[a]["lo"] if math.isfinite(aurocs[a]["lo"]) else -math.inf)
-    low, n = aurocs[shakiest]["lo"], aurocs[worst]["n"]
-    if aurocs[worst]["estimate"] <= CHANCE_ACCURACY or not low > 0.5:
-        verdict = f"is not distinguishable from chance on at least one attack over {n} detector seeds"
+    shakiest = min(aurocs, key=bound)
+    low = bound(shakiest)
+    over = f" over {aurocs[worst]['n']} detector seeds" if over_seeds else ""
+    if aurocs[worst]["estimate"] <= CHANCE_ACCURACY or low <= 0.5:
+        verdict = f"is not distinguishable from chance on at least one attack{over}"
     elif low >= DETECTS_WELL:
-        verdict = (f"detects every attack well over {n} detector seeds (the lower 95% bound of every attack's "
-                   f"AUROC clears {DETECTS_WELL:g})")
+        verdict = f"detects every attack well{over}" + (
+            f" (the lower 95% bound of every attack's AUROC clears {DETECTS_WELL:g})" if over_seeds else "")
     elif aurocs[worst]["estimate"] >= DETECTS_WELL:
-        verdict = (f"detects every attack well on average over {n} detector seeds, but not reliably: on "
-                   f"{nice(shakiest)} the lower 95% bound is {low:.3f}, below {DETECTS_WELL:g}")
+        verdict = (f"detects every attack well{' on average' if over_seeds else ''}{over}, but not reliably: on "
+                   f"{nice(shakiest)} the lower "
+                   f"95% bound is {low:.3f}, below {DETECTS_WELL:g}")
     else:
-        verdict = f"detects some attacks only partly over {n} detector seeds"
-    text = (f"The saliency detector {verdict}: mean AUROC from {seeds_text(aurocs[worst])} ({nice(worst)}) to "
-            f"{seeds_text(aurocs[best])} ({nice(best)}) over {len(aurocs)} attacks")
-    d_adv = _seed_interval(table2[worst], "d_adv")
+        verdict = f"detects some attacks only partly{over}"
+    text = (f"The saliency detector {verdict}: {'mean ' if over_seeds else ''}AUROC from {show(aurocs[worst])} "
+            f"({nice(worst)}) to {show(aurocs[best])} ({nice(best)}) over {len(aurocs)} attacks")
+    d_adv = get(table2[worst], "d_adv")
     if d_adv and math.isfinite(d_adv["estimate"]):
-        text += f"; on {nice(worst)} it flags {d_adv['estimate']:.1%} of adversarial test images on average"
-    return {"text": text + ".", "section": DETECTION_SECTIONS["table2-seeds"]}
+        text += (f"; on {nice(worst)} it flags {d_adv['estimate']:.1%} of adversarial test images"
+                 + (" on average" if over_seeds else ""))
+    return {"text": text + ".", "section": DETECTION_SECTIONS["table2-seeds" if over_seeds else "table2"]}
 
 
 #: Below/above-diagonal mean accuracies closer than this are not read as a difference (each cell is a detection
