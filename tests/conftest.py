@@ -25,6 +25,14 @@ set_quiet(True)
 TEST_DEVICE = str(resolve_device(os.environ.get("ADVSAL_TEST_DEVICE", "cpu")))
 
 
+def tiny_study_config(config_class, tiny: dict, device: str, **changes):
+    """A study config from a test's ``tiny`` mapping on ``device``, with ``changes`` applied on top."""
+    from advsal.studies.config import from_mapping
+
+    cfg = from_mapping(config_class, {**tiny, "device": device})
+    return from_mapping(config_class, changes, base=cfg) if changes else cfg
+
+
 def numbers(results):
     """results.json without what legitimately differs between runs of the same numbers: timings (wall times,
     images per second), the provenance (dates, device) and the config."""

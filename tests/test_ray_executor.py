@@ -35,13 +35,18 @@ def ray_local():
     return ray
 
 
-def test_ray_run_gives_the_local_numbers(tmp_path, ray_local):
-    cfg = from_mapping(imbalance.Config, {**TINY, "device": "cpu"})
-    local = imbalance.run(cfg, tmp_path / "local")
+def assert_ray_run_gives_the_local_numbers(run, cfg, tmp_path):
+    """``run(cfg)`` locally and on the Ray executor: the same numbers and the same stages."""
+    local = run(cfg, tmp_path / "local")
     with use_executor(RayExecutor()):
-        remote = imbalance.run(cfg, tmp_path / "ray")
+        remote = run(cfg, tmp_path / "ray")
     assert json.dumps(numbers(remote), sort_keys=True) == json.dumps(numbers(local), sort_keys=True)
     assert {t["stage"] for t in remote["timings"]} == {t["stage"] for t in local["timings"]}
+
+
+def test_ray_run_gives_the_local_numbers(tmp_path, ray_local):
+    assert_ray_run_gives_the_local_numbers(imbalance.run, from_mapping(imbalance.Config, {**TINY, "device": "cpu"}),
+                                           tmp_path)
     assert not list((tmp_path / "ray" / "stages").glob("*.partial-*"))
 
 
@@ -73,12 +78,8 @@ DETECTION_TINY = {
 def test_ray_runs_the_detection_study_with_the_local_numbers(tmp_path, ray_local):
     from advsal.studies import detection
 
-    cfg = from_mapping(detection.Config, {**DETECTION_TINY, "device": "cpu"})
-    local = detection.run(cfg, tmp_path / "local")
-    with use_executor(RayExecutor()):
-        remote = detection.run(cfg, tmp_path / "ray")
-    assert json.dumps(numbers(remote), sort_keys=True) == json.dumps(numbers(local), sort_keys=True)
-    assert {t["stage"] for t in remote["timings"]} == {t["stage"] for t in local["timings"]}
+    assert_ray_run_gives_the_local_numbers(
+        detection.run, from_mapping(detection.Config, {**DETECTION_TINY, "device": "cpu"}), tmp_path)
 
 
 def test_task_resources_come_from_the_config_and_the_command_line_overrides_them(tmp_path, monkeypatch, advsal):

@@ -11,13 +11,12 @@ import sys
 
 import pytest
 import torch
-from conftest import numbers
+from conftest import numbers, tiny_study_config
 
 from advsal.attacks import FGSM
 from advsal.attacks.specs import ATTACK_SPECS, AttackSpec, register_attack_spec
 from advsal.errors import ConfigError
 from advsal.studies import render_run, study_config
-from advsal.studies.config import from_mapping
 from advsal.studies.detection import (
     DETECTOR_SPECS,
     Config,
@@ -89,8 +88,7 @@ TINY = {
 
 
 def tiny_config(device, **changes):
-    cfg = from_mapping(Config, {**TINY, "device": device})
-    return from_mapping(Config, changes, base=cfg) if changes else cfg
+    return tiny_study_config(Config, TINY, device, **changes)
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,10 @@ import shutil
 
 import pytest
 import torch
+from conftest import tiny_study_config
 
 from advsal.errors import ConfigError
 from advsal.studies import study_config
-from advsal.studies.config import from_mapping
 from advsal.studies.detection import Config, run
 from advsal.studies.detection.registry import PAPER_NUMBERS
 
@@ -41,8 +41,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 def tiny_config(device, **changes):
-    cfg = from_mapping(Config, {**TINY, "device": device})
-    return from_mapping(Config, changes, base=cfg) if changes else cfg
+    return tiny_study_config(Config, TINY, device, **changes)
 
 
 @pytest.fixture(scope="module")

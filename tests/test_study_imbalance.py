@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_study_config
 
 from advsal.errors import ConfigError
 from advsal.studies import imbalance, study_config
@@ -29,8 +30,7 @@ MODELS = ("s0-balanced", "s0-deplete3", "s0-deplete8")
 
 
 def tiny_config(device: str = "cpu", **changes) -> imbalance.Config:
-    cfg = from_mapping(imbalance.Config, {**TINY, "device": device})
-    return from_mapping(imbalance.Config, changes, base=cfg) if changes else cfg
+    return tiny_study_config(imbalance.Config, TINY, device, **changes)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
