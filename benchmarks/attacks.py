@@ -196,6 +196,8 @@ def markdown(rows, raw_step, jsma_mb, n_images):
               "f+b time) / attack time (1.0 = no overhead). 'advsal speed-up' = advsal images/s ÷ peer images/s."]
     if any("speedup" in r for r in rows):
         lines.append(GRADIENT_NOTE)
+    if any(r["attack"].endswith("(linear model)") for r in rows):
+        lines.append(OVERHEAD_NOTE)
     if jsma_mb is not None:
         lines.append(f"JSMA, one pair iteration on 4 × 3×224×224 images (tiny conv net): peak RSS growth "
                      f"{jsma_mb:.0f} MiB (a D×D pair matrix would need "
@@ -210,7 +212,8 @@ def main():
     ap.add_argument("--quick", action="store_true", help="fewer images for the slow attacks")
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--only", default="all",
-                    help="comma-separated sections: gradient, cw, deepfool, jsma, pixel, autoattack (default all)")
+                    help="comma-separated sections: gradient, overhead, cw, deepfool, jsma, pixel, autoattack (default "
+                    "all)")
     ap.add_argument("--rounds", type=int, default=1,
                     help="interleaved advsal/peer rounds for the gradient, autoattack and cw sections (busy "
                     "machines; the gradient section keeps the best round of each row)")
@@ -245,6 +248,8 @@ def main():
 
     if want("gradient"):
         gradient_rows(b, model, n, peers, clf if peers else None, args.rounds)
+    if want("overhead"):
+        overhead_rows(b, peers, args.rounds)
     if want("autoattack"):
         autoattack_rows(b, model, n_aa, peers, args.rounds)
     if want("cw"):
@@ -273,6 +278,11 @@ def main():
     print(table)
 
 
+OVERHEAD_NOTE = (
+    "Rows '(linear model)': the same calls on one linear layer (784 → 10, random weights), whose passes cost "
+    "next to nothing, so a call's time is the library's own work around them (input checks, projection, "
+    "bookkeeping); 'vs raw f+b' is then the share of the call spent in the passes, and the speed-up compares "
+    "the libraries' overhead directly, free of the pass-to-pass noise that hides it on mnist-net.")
 GRADIENT_NOTE = (
     "FGSM/BIM/PGD rows: best of the interleaved rounds (each round times every row once, rotating the order). "
     "'advsal' is the full call (x_adv plus prediction, success and norms: one forward on x_adv after the "
@@ -303,8 +313,9 @@ def forward_time(model, x):
     return CLOCK() - t
 
 
-def gradient_rows(b, model, n, peers, clf, rounds=1):
-    """FGSM, BIM and PGD (L∞, L2) vs the peers: ``rounds`` interleaved rounds, best round of each row."""
+def gradient_rows(b, model, n, peers, clf, rounds=1, tag=""):
+    """FGSM, BIM and PGD (L∞, L2) vs the peers: ``rounds`` interleaved rounds, best round of each row (``tag``
+    appended to each attack's name in the table)."""
     groups = gradient_cases(model, n, peers, clf)
     print(f"FGSM eps=0.3 / BIM, PGD L-inf eps=0.3 alpha=0.075 steps=10 / L2 eps=3 alpha=0.375 steps=20; "
           f"{rounds} round(s)", flush=True)
@@ -332,9 +343,24 @@ def gradient_rows(b, model, n, peers, clf, rounds=1):
                 row["speedup"] = ""
             elif lib != "advsal" and full and bare:
                 row["speedup"] = f"{row['sec'] / bare['sec']:.2f}× · {(row['sec'] + fwd) / full['sec']:.2f}×"
-            b.rows.append(row)
+            b.rows.append({**row, "attack": attack + tag})
     print(f"  raw f+b ms/step: {raw[1] * 1000:.1f} (1), {raw[10] * 100:.1f} (10), {raw[20] * 50:.1f} (20); "
           f"success forward {fwd * 1000:.1f} ms", flush=True)
+
+
+def overhead_rows(b, peers, rounds):
+    """The gradient section again on a model that costs next to nothing (one linear layer, 784 → 10): each
+    call's time is then the library's own work around the passes (validation, projection, bookkeeping), which
+    on mnist-net is hidden in the run-to-run noise of the forward+backward passes."""
+    torch.manual_seed(0)
+    linear = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10)).eval()
+    for p in linear.parameters():
+        p.requires_grad_(False)
+    with torch.no_grad():  # its own predictions as labels: every library then pushes away from the same class
+        bench = Bench(linear, b.x, linear(b.x).argmax(1))
+    gradient_rows(bench, linear, len(b.x), peers, art_classifier(linear) if peers else None, rounds,
+                  tag=" (linear model)")
+    b.rows += bench.rows
 
 
 def gradient_cases(model, n, peers, clf):
