@@ -165,13 +165,16 @@ class PGD(Attack):
             best_objective[keep] = objective[better]
         return best
 
+    def _box(self, x: Tensor, eps: float | Tensor) -> tuple[Tensor | float, Tensor | float]:
+        """L∞: the bounds [max(x−ε, 0), min(x+ε, 1)] that project onto the ε-ball and the image range at once."""
+        return (x - _per_image(eps, x)).clamp_min(0), (x + _per_image(eps, x)).clamp_max(1)
+
     def _ascend(self, model: nn.Module, x: Tensor, labels: Tensor | None, targeted: bool, eps: float | Tensor,
                 alpha: float | Tensor, generator: torch.Generator, restart: int) -> Tensor:
         """One run of ``steps`` projected steps from the input (or a random start) on a batch."""
         x_adv = random_start(x, eps, self.norm, generator) if self.random_start else x
         a = _per_image(alpha, x)
-        lo, hi = ((x - _per_image(eps, x)).clamp_min(0), (x + _per_image(eps, x)).clamp_max(1)) \
-            if self.norm == "linf" else (None, None)
+        lo, hi = self._box(x, eps) if self.norm == "linf" else (None, None)
         shape = (-1, *([1] * (x.dim() - 1)))
         for step in range(self.steps):
             grad, _ = loss_gradient(model, x_adv, labels, targeted)
@@ -247,6 +250,9 @@ class FGSM(PGD):
 
     def _step_size(self, eps: float | Tensor, x: Tensor) -> float | Tensor:
         return eps  # one step of the full budget
+
+    def _box(self, x: Tensor, eps: float | Tensor) -> tuple[float, float]:
+        return 0.0, 1.0  # one ε step from x never leaves the ε-ball: only the image range clips
 
     def _labels(self, model: nn.Module, x: Tensor, y: Tensor, targets: Tensor | None) -> Tensor | None:
         if targets is not None:
