@@ -34,7 +34,7 @@ from ..detection.protocol import Detector, SaliencyInputDetector
 from ..errors import InputError
 from ..progress import Bar, is_quiet
 from ..tensors import ReLUReplacementMode, check_images, check_labels, frozen, model_device
-from .base import Attack, AttackResult, check_nonnegative, check_positive_int, perturbation_norms
+from .base import Attack, AttackResult, Reporting, check_nonnegative, check_positive_int, perturbation_norms
 from .gradient import loss_gradient
 
 
@@ -188,7 +188,7 @@ def evaluate_pair(classifier: nn.Module, detector: Detector, x: Tensor, x_adv: T
                           fooled_f=fooled, evaded_d=evaded, both=fooled & evaded, detector_score=score)
 
 
-class AdaptiveAttack:
+class AdaptiveAttack(Reporting):
     """Base of attacks on (classifier, detector): ``attack(classifier, detector, x, y=None) -> AdaptiveResult``.
 
     Untargeted (fool F and evade D). Inputs are validated as for every ``Attack`` (``check_pair_inputs``); the
@@ -199,21 +199,6 @@ class AdaptiveAttack:
 
     #: Name used in progress bars and error messages (set by subclasses).
     name: str = "adaptive"
-
-    def __init__(self, batch_size: int | None = None):
-        if batch_size is not None:
-            check_positive_int("batch_size", batch_size)
-        self.batch_size = batch_size
-        self._bar: Bar | None = None
-
-    def __repr__(self) -> str:
-        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
-        return f"{type(self).__name__}({params})"
-
-    def _info(self, text: str) -> None:
-        """Show ``text`` in the running progress bar."""
-        if self._bar is not None:
-            self._bar.update(0, info=text)
 
     def _run_pair(self, model: nn.Module, detector: Detector, x: Tensor, y: Tensor) -> Tensor:
         raise NotImplementedError
@@ -280,7 +265,8 @@ class MetzenAttack(AdaptiveAttack):
                 grad_d = torch.zeros_like(x_adv)
             direction = (1 - self.sigma) * grad_f.sign() + self.sigma * grad_d.sign()
             x_adv = torch.minimum(torch.maximum(x_adv + self.alpha * direction, lo), hi)
-            self._info(f"step {step + 1}/{self.steps}")
+            if self._reporting:
+                self._info(f"step {step + 1}/{self.steps}")
         return x_adv
 
 
@@ -349,7 +335,8 @@ class AdaptiveSaliencyAttack(AdaptiveAttack):
             if step == self.steps or bool((best_both & (best_loss <= 0)).all()):
                 break
             x_adv = torch.minimum(torch.maximum(x_adv - self.alpha * grad.sign(), lo), hi)
-            self._info(f"step {step + 1}/{self.steps} both {float(best_both.float().mean()):.2f}")
+            if self._reporting:
+                self._info(f"step {step + 1}/{self.steps} both {float(best_both.float().mean()):.2f}")
         return best
 
 

@@ -113,7 +113,33 @@ def check_positive_int(name: str, value: int, minimum: int = 1) -> int:
     return value
 
 
-class Attack:
+class Reporting:
+    """What every attack class shares: the optional ``batch_size`` (chunks of that many examples), a repr of
+    the public settings, and progress text for the running bar. ``_reporting`` says whether a bar is showing;
+    loops build their ``_info`` text only then (a count in it would sync the device on every step)."""
+
+    _bar: Bar | None = None
+
+    def __init__(self, batch_size: int | None = None):
+        if batch_size is not None:
+            check_positive_int("batch_size", batch_size)
+        self.batch_size = batch_size
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({params})"
+
+    @property
+    def _reporting(self) -> bool:
+        return self._bar is not None
+
+    def _info(self, text: str) -> None:
+        """Show ``text`` (e.g. "step 40/100") in the running progress bar."""
+        if self._bar is not None:
+            self._bar.update(0, info=text)
+
+
+class Attack(Reporting):
     """Base class of every attack: ``attack(model, x, y, targets=None) -> AttackResult``.
 
     ``x``: float NCHW images in [0, 1]; ``y``: int64 true labels (``None`` uses the model's predictions);
@@ -130,21 +156,14 @@ class Attack:
     per_example: tuple[str, ...] = ()
 
     def __init__(self, batch_size: int | None = None):
-        if batch_size is not None:
-            check_positive_int("batch_size", batch_size)
-        self.batch_size = batch_size
+        super().__init__(batch_size)
         self._targeted = False
-        self._bar: Bar | None = None
         self._chunk = slice(None)
 
     @property
     def targeted(self) -> bool:
         """True while (and after) the attack is called with ``targets``."""
         return self._targeted
-
-    def __repr__(self) -> str:
-        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
-        return f"{type(self).__name__}({params})"
 
     def _run(self, model: nn.Module, x: Tensor, y: Tensor,
              targets: Tensor | None) -> Tensor | tuple[Tensor, Tensor]:
@@ -164,11 +183,6 @@ class Attack:
             if isinstance(value, Tensor) and value.shape[0] != n:
                 raise InputError(f"per-example {name} has {value.shape[0]} values but the batch has {n} images; "
                                  f"pass one {name} per image (shape ({n},)) or a single number")
-
-    @property
-    def _reporting(self) -> bool:
-        """Whether a progress bar is showing (False when silenced: then skip building ``_info`` texts)."""
-        return self._bar is not None
 
     def _default_targets(self, model: nn.Module, x: Tensor, y: Tensor, num_classes: int) -> Tensor | None:
         """Targets to use when the caller passes none (None: run untargeted); e.g. JSMA's random targets."""
@@ -263,8 +277,3 @@ class Attack:
         return (x_adv, pred, torch.cat(queries) if queries else None, y.to(x.device),
                 targets.to(x.device) if targets is not None else None)
 
-    def _info(self, text: str) -> None:
-        """Show ``text`` (e.g. "step 40/100") in the running progress bar; for subclasses' long loops."""
-        bar = getattr(self, "_bar", None)
-        if bar is not None:
-            bar.update(0, info=text)

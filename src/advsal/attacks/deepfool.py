@@ -72,7 +72,8 @@ class DeepFool(Attack):
             r = ((f_l.abs() + 1e-4) / w_l_norm**2).view(-1, 1) * w_l
             r_total[idx] += r.view(-1, *x.shape[1:])
             x_adv[idx] = (x[idx] + (1 + self.overshoot) * r_total[idx]).clamp(0, 1)
-            self._info(f"step {step + 1}/{self.steps}, {len(idx)} active")
+            if self._reporting:
+                self._info(f"step {step + 1}/{self.steps}, {len(idx)} active")
         return x_adv
 
     @staticmethod

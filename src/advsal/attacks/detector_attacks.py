@@ -285,7 +285,8 @@ class DetectorPGD(AdaptiveAttack):
             best[sel] = found[0][better]
             best_loss[sel] = loss[better]
             done[idx] |= found[1]
-            self._info(f"restart {restart + 1}/{self.restarts} both {float(done.float().mean()):.2f}")
+            if self._reporting:
+                self._info(f"restart {restart + 1}/{self.restarts} both {float(done.float().mean()):.2f}")
         return best
 
     def _verify(self, model, detector, x_c: Tensor, y_c: Tensor) -> Tensor:
@@ -337,7 +338,8 @@ class DetectorPGD(AdaptiveAttack):
             active = active[keep]
             if schedule is not None:
                 schedule.keep(keep.nonzero().squeeze(1))
-            self._info(f"step {k + 1}/{self.steps} both {float(success.float().mean()):.2f}")
+            if self._reporting:
+                self._info(f"step {k + 1}/{self.steps} both {float(success.float().mean()):.2f}")
         return (best, success), best_loss
 
 
@@ -375,7 +377,8 @@ class DetectorAttackEnsemble(AdaptiveAttack):
             best[idx] = torch.where(_rows(both | f | (i == 0), adv), adv, best[idx])
             winner[idx[both]] = i
             done[idx] |= both
-            self._info(f"{i + 1}/{len(self.attacks)} both {float(done.float().mean()):.2f}")
+            if self._reporting:
+                self._info(f"{i + 1}/{len(self.attacks)} both {float(done.float().mean()):.2f}")
         self.fooled_any_ = torch.cat([self.fooled_any_, fooled.cpu()]) if self._accumulate else fooled.cpu()
         self.winner_ = torch.cat([self.winner_, winner.cpu()]) if self._accumulate else winner.cpu()
         self._accumulate = True

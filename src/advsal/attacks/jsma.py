@@ -167,5 +167,6 @@ class JSMA(Attack):
                 new = (old + self.theta).clamp(max=1) if increase else (old - self.theta).clamp(min=0)
                 flat[idx, feat] = new
                 domain[idx, feat] = new < 1 if increase else new > 0
-            self._info(f"iteration {it + 1}/{max_iters}, {int(active.sum())} active")
+            if self._reporting:
+                self._info(f"iteration {it + 1}/{max_iters}, {int(active.sum())} active")
         return flat.view_as(x)

@@ -119,6 +119,7 @@ class PixelAttack(Attack):
                                     fit[idx].argmax(1))
             cand[idx[newly]] = torch.where(child_hit[newly][..., None, None], child[newly], cand[idx[newly]])
             done[idx] = newly
-            self._info(f"generation {g + 1}/{self.generations}, {int((~done).sum())} left")
+            if self._reporting:
+                self._info(f"generation {g + 1}/{self.generations}, {int((~done).sum())} left")
         winner = cand[torch.arange(n, device=x.device), best].unsqueeze(1)
         return self._apply(x, winner), queries
