@@ -369,6 +369,10 @@ def test_model_mode_and_requires_grad_restored():
     with pytest.raises(ValueError):
         PGD(0.1)(model, x, torch.full((5,), 7))
     assert model.training and model[1].bias.requires_grad
+    model.eval()
+    model[2].train()  # a mixed state comes back as it was
+    PGD(0.1, steps=2)(model, x, y)
+    assert not model.training and model[2].training and not model[1].training
 
 
 def test_target_helpers(mnist_model, mnist_batch):

@@ -49,10 +49,13 @@ def check_labels(y: torch.Tensor, n: int, num_classes: int | None = None, name: 
         raise InputError(f"{name} must have shape ({n},) to match the batch, got {tuple(y.shape)}")
     if y.is_floating_point() or y.dtype == torch.bool:
         raise InputError(f"{name} must hold integer class indices, got dtype {y.dtype}")
-    if y.numel() and y.min() < 0:
-        raise InputError(f"{name} has a negative class index ({y.min().item()})")
-    if num_classes is not None and y.numel() and y.max() >= num_classes:
-        raise InputError(f"{name} has class index {y.max().item()} but the model has {num_classes} classes "
+    if not y.numel():
+        return
+    lo, hi = (v.item() for v in torch.aminmax(y))  # one pass, one device sync
+    if lo < 0:
+        raise InputError(f"{name} has a negative class index ({lo})")
+    if num_classes is not None and hi >= num_classes:
+        raise InputError(f"{name} has class index {hi} but the model has {num_classes} classes "
                          f"(valid: 0..{num_classes - 1})")
 
 
@@ -60,17 +63,20 @@ def check_labels(y: torch.Tensor, n: int, num_classes: int | None = None, name: 
 def frozen(model: nn.Module) -> Iterator[nn.Module]:
     """Put ``model`` in eval mode with parameter gradients off; restore both on exit (also on error)."""
     modes = {m: m.training for m in model.modules()}
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    model.eval()
-    for p, _ in flags:
+    training = any(modes.values())  # attacked models are usually in eval mode already: then nothing to undo
+    grads = [p for p in model.parameters() if p.requires_grad]
+    if training:
+        model.eval()
+    for p in grads:
         p.requires_grad_(False)
     try:
         yield model
     finally:
-        for m, training in modes.items():
-            m.train(training)
-        for p, flag in flags:
-            p.requires_grad_(flag)
+        if training:
+            for m, mode in modes.items():
+                m.train(mode)
+        for p in grads:
+            p.requires_grad_(True)
 
 
 def model_device(model: nn.Module) -> torch.device:
