@@ -32,7 +32,7 @@ def check_images(x: torch.Tensor, name: str = "x") -> None:
         return
     # one pass and one device sync for the NaN and the range checks (aminmax propagates NaN): this runs on
     # every attack call, where four passes cost as much as FGSM's own arithmetic on a small model
-    lo, hi = (v.item() for v in torch.aminmax(x))
+    lo, hi = torch.stack(torch.aminmax(x)).tolist()
     if math.isnan(lo) or math.isnan(hi):
         raise InputError(f"{name} contains NaN pixels; clean or drop those images first")
     if lo < 0 or hi > 1:
@@ -51,7 +51,7 @@ def check_labels(y: torch.Tensor, n: int, num_classes: int | None = None, name: 
         raise InputError(f"{name} must hold integer class indices, got dtype {y.dtype}")
     if not y.numel():
         return
-    lo, hi = (v.item() for v in torch.aminmax(y))  # one pass, one device sync
+    lo, hi = torch.stack(torch.aminmax(y)).tolist()  # one pass, one device sync
     if lo < 0:
         raise InputError(f"{name} has a negative class index ({lo})")
     if num_classes is not None and hi >= num_classes:
