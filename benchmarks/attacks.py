@@ -373,18 +373,21 @@ def gradient_cases(model, n, peers, clf):
         import foolbox as fb
         import torchattacks as ta
         from art.attacks.evasion import BasicIterativeMethod, FastGradientMethod, ProjectedGradientDescent
+
+        def peer(attack):  # built once, like advsal's attacks above: a call times the attack, not its set-up
+            return lambda x, y, t: attack(x, y)
         rows["fgsm"] += [
-            ("fgsm", "torchattacks", lambda x, y, t: ta.FGSM(model, eps=0.3)(x, y)),
+            ("fgsm", "torchattacks", peer(ta.FGSM(model, eps=0.3))),
             ("fgsm", "art", art(FastGradientMethod(clf, eps=0.3, batch_size=n))),
             ("fgsm", "foolbox", fb_run(model, fb.attacks.LinfFastGradientAttack(), 0.3))]
         rows["bim"] += [
-            ("bim", "torchattacks", lambda x, y, t: ta.BIM(model, eps=0.3, alpha=0.075, steps=10)(x, y)),
+            ("bim", "torchattacks", peer(ta.BIM(model, eps=0.3, alpha=0.075, steps=10))),
             ("bim", "art", art(BasicIterativeMethod(clf, eps=0.3, eps_step=0.075, max_iter=10, batch_size=n,
                                                     verbose=False))),
             ("bim", "foolbox", fb_run(model, fb.attacks.LinfBasicIterativeAttack(abs_stepsize=0.075, steps=10),
                                       0.3))]
         rows["pgd"] += [
-            ("pgd", "torchattacks", lambda x, y, t: ta.PGD(model, eps=0.3, alpha=0.075, steps=10)(x, y)),
+            ("pgd", "torchattacks", peer(ta.PGD(model, eps=0.3, alpha=0.075, steps=10))),
             ("pgd", "art", art(ProjectedGradientDescent(clf, eps=0.3, eps_step=0.075, max_iter=10,
                                                         num_random_init=1, batch_size=n, verbose=False))),
             ("pgd", "foolbox", fb_run(model, fb.attacks.LinfPGD(abs_stepsize=0.075, steps=10), 0.3))]
@@ -394,7 +397,7 @@ def gradient_cases(model, n, peers, clf):
             ("bim-l2", "foolbox", fb_run(model, fb.attacks.L2BasicIterativeAttack(abs_stepsize=0.375, steps=20),
                                          3.0))]
         rows["pgd-l2"] += [
-            ("pgd-l2", "torchattacks", lambda x, y, t: ta.PGDL2(model, eps=3.0, alpha=0.375, steps=20)(x, y)),
+            ("pgd-l2", "torchattacks", peer(ta.PGDL2(model, eps=3.0, alpha=0.375, steps=20))),
             ("pgd-l2", "foolbox", fb_run(model, fb.attacks.L2PGD(abs_stepsize=0.375, steps=20), 3.0))]
     return [(1, rows["fgsm"]), (10, rows["bim"] + rows["pgd"]), (20, rows["bim-l2"] + rows["pgd-l2"])]
 
