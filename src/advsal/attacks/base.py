@@ -63,11 +63,11 @@ class AttackResult:
 def perturbation_norms(x: Tensor, x_adv: Tensor) -> dict[str, Tensor]:
     """Per-example L∞, L2, L0 (changed pixels) and L0 (changed features) of ``x_adv - x``."""
     delta = (x_adv - x).flatten(2) if x.dim() == 4 else (x_adv - x).unsqueeze(1).flatten(2)
-    changed = delta.abs() > L0_TOLERANCE                                   # (N, C, H*W)
-    flat = delta.flatten(1)
+    size = delta.abs()                                                     # (N, C, H*W), once for L∞ and L0
+    changed = size > L0_TOLERANCE
     return {
-        "linf": flat.abs().amax(1) if flat.shape[1] else flat.new_zeros(flat.shape[0]),
-        "l2": flat.norm(dim=1),
+        "linf": size.flatten(1).amax(1) if size.shape[1] * size.shape[2] else size.new_zeros(size.shape[0]),
+        "l2": delta.flatten(1).norm(dim=1),
         "l0": changed.any(1).sum(1),
         "l0_features": changed.flatten(1).sum(1),
     }
