@@ -215,7 +215,7 @@ class AdaptiveAttack(Reporting):
                 self._bar = None if is_quiet() else bar
                 try:
                     for start in range(0, x.shape[0], size):
-                        xc = x[start:start + size].to(device).detach().clone()
+                        xc = x[start:start + size].detach().to(device, copy=True)  # one copy, also across devices
                         yc = y[start:start + size].to(device)
                         adv = self._run_pair(classifier, detector, xc, yc)
                         advs.append(adv.detach().clamp(0, 1).to(x.device))

@@ -256,10 +256,11 @@ class Attack(Reporting):
                 try:
                     for start in range(0, n, size):
                         self._chunk = slice(start, start + size)
-                        xc = x[start:start + size].to(device)
+                        # the attack's own copy, made by the move itself when the model is on another device
+                        xc = x[start:start + size].detach().to(device, copy=True)
                         yc = y[start:start + size].to(device)
                         tc = targets[start:start + size].to(device) if targets is not None else None
-                        out = self._run(model, xc.detach().clone(), yc, tc)
+                        out = self._run(model, xc, yc, tc)
                         adv, q = out if isinstance(out, tuple) else (out, None)
                         adv = adv.detach().clamp(0, 1)
                         if evaluate:
