@@ -23,6 +23,7 @@ def test_train_and_evaluate(tmp_path, advsal):
 
 def test_attack_then_saliency(tmp_path, advsal):
     import matplotlib.image
+    import numpy as np
     from safetensors.torch import load_file
 
     model = tmp_path / "m"
@@ -36,6 +37,12 @@ def test_attack_then_saliency(tmp_path, advsal):
     assert stored["x_adv"].shape == (20, 1, 8, 8)
     assert float((stored["x_adv"] - stored["x"]).abs().max()) == pytest.approx(0.3, abs=1e-5)
     assert "success" in r.stdout
+    aa = tmp_path / "aa.npz"  # the suite-II attacks by name too (here AutoAttack, every member at a token budget)
+    r = advsal("attack", "--model", str(model), "--dataset", "digits", "-a", "autoattack", "--eps", "0.1", "--steps",
+               "3", "-p", "n_targets=1", "-p", "n_queries=5", "--n", "10", "--out", str(aa), "-q")
+    assert r.returncode == 0, r.stderr
+    stored_aa = np.load(aa)
+    assert float(np.abs(stored_aa["x_adv"] - stored_aa["x"]).max()) <= 0.1 + 1e-6 and "autoattack" in r.stdout
     r = advsal("saliency", "--model", str(model), "--adv", str(adv), "--n", "4", "--out", str(tmp_path / "pair"))
     assert r.returncode == 0, r.stderr
     maps = load_file(tmp_path / "pair" / "maps.safetensors")
@@ -79,6 +86,13 @@ def test_listings(advsal):
     assert r.returncode == 0 and "mnist5k" in r.stdout and "cifar10" in r.stdout
     r = advsal("models")
     assert r.returncode == 0 and "vgg-cifar" in r.stdout
+
+
+def test_attack_help_names_every_registered_attack():
+    from advsal.attacks.registry import ATTACKS
+    from advsal.cli import ATTACK_HELP
+
+    assert ATTACK_HELP.rstrip(".").replace(" or ", ", ").split(", ") == list(ATTACKS)
 
 
 def test_bad_inputs_exit_2_with_one_line_and_write_nothing_outside(tmp_path, advsal):

@@ -169,11 +169,16 @@ def _test_images(dataset: str, root: Path | None, seed: int, n: int | None):
     return subset(test_set, n, seed) if n else test_set
 
 
+#: The registry's attack names (kept equal to ``advsal.attacks.registry.ATTACKS`` by a test; spelled out here so
+#: that ``--help`` does not import torch).
+ATTACK_HELP = ("fgsm, bim, bim-l2, pgd, pgd-l2, jsma, cw, deepfool, pixel, apgd-ce, apgd-ce-l2, apgd-dlr, "
+               "apgd-dlr-l2, apgd-t, apgd-t-l2, fab-t, fab-t-l2, square, square-l2, autoattack or autoattack-l2.")
+
+
 @app.command()
 def attack(
     model: Annotated[Path, typer.Option(help="A model saved by `advsal train`.")],
-    attack: Annotated[str, typer.Option("--attack", "-a", help="fgsm, bim, bim-l2, pgd, pgd-l2, jsma, cw, "
-                                                             "deepfool or pixel.")],
+    attack: Annotated[str, typer.Option("--attack", "-a", help=ATTACK_HELP)],
     out: Annotated[Path, typer.Option(help="Output file: .safetensors or .npz (adversarial images + metadata).")],
     dataset: DatasetOpt = "mnist5k",
     root: RootOpt = None,
