@@ -42,7 +42,9 @@ def test_attack_then_saliency(tmp_path, advsal):
                "3", "-p", "n_targets=1", "-p", "n_queries=5", "--n", "10", "--out", str(aa), "-q")
     assert r.returncode == 0, r.stderr
     stored_aa = np.load(aa)
-    assert float(np.abs(stored_aa["x_adv"] - stored_aa["x"]).max()) <= 0.1 + 1e-6 and "autoattack" in r.stdout
+    assert float(np.abs(stored_aa["x_adv"] - stored_aa["x"]).max()) <= 0.1 + 1e-6 and "robust accuracy" in r.stdout
+    robust = float(r.stdout.split("robust accuracy ")[1].split(")")[0])
+    assert robust == pytest.approx(float((stored_aa["pred"] == stored_aa["y"]).mean()))
     r = advsal("saliency", "--model", str(model), "--adv", str(adv), "--n", "4", "--out", str(tmp_path / "pair"))
     assert r.returncode == 0, r.stderr
     maps = load_file(tmp_path / "pair" / "maps.safetensors")

@@ -238,8 +238,12 @@ def attack(
         tensors["queries"] = result.queries
     meta = {"attack": attack, "params": params, "model": str(model), "dataset": dataset, "seed": seed,
             "targeted": targets is not None, "seconds": seconds, "shards": shards}
+    robust = getattr(result, "robust_accuracy", None)  # AutoAttack: the number its users report
+    if robust is not None:
+        meta["robust_accuracy"] = robust
     _save_arrays(out, tensors, meta)
-    console.print(f"{attack} on {len(data)} images of {data.name}: success {result.success_rate():.4f}; mean L∞ "
+    console.print(f"{attack} on {len(data)} images of {data.name}: success {result.success_rate():.4f}"
+                  f"{'' if robust is None else f' (robust accuracy {robust:.4f})'}; mean L∞ "
                   f"{float(result.linf.mean()):.4f}, L2 {float(result.l2.mean()):.4f}, L0 "
                   f"{float(result.l0.float().mean()):.1f} pixels; {len(data) / seconds:.1f} images/s; wrote {out}")
 
