@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import TEST_DEVICE
 from torch import nn
 
 from advsal.models import build_model
@@ -22,6 +23,7 @@ from advsal.saliency import (
     saliency_method,
     smoothgrad,
 )
+from advsal.tensors import predict_logits
 
 MNIST_CAM = "features.8"  # last conv stage (ReLU after the 4th conv) of mnist-net
 
@@ -273,7 +275,7 @@ def test_guided_grad_cam_is_product(mnist_model, mnist_batch):
 
 def test_agrees_with_captum(mnist_model, mnist_batch):
     captum = pytest.importorskip("captum.attr")
-    x, y = mnist_batch[0][:32], mnist_batch[1][:32]
+    x, y = mnist_batch[0][:32].to(TEST_DEVICE), mnist_batch[1][:32].to(TEST_DEVICE)  # captum does not move inputs
     t = (y + 3) % 10  # non-predicted classes too
     ref = captum.Saliency(mnist_model).attribute(x, target=t, abs=False)
     torch.testing.assert_close(gradient(mnist_model, x, t), ref, atol=1e-5, rtol=0)
@@ -308,7 +310,7 @@ def test_per_example_targets_equal_single_calls(mnist_model, mnist_batch):
 
 def test_target_specs(mnist_model, mnist_batch):
     x, y = mnist_batch[0][:8], mnist_batch[1][:8]
-    pred = mnist_model(x).argmax(1)
+    pred = predict_logits(mnist_model, x).argmax(1)
     torch.testing.assert_close(gradient(mnist_model, x), gradient(mnist_model, x, pred))
     torch.testing.assert_close(gradient(mnist_model, x, "true", labels=y), gradient(mnist_model, x, y))
     assert grad_cam(mnist_model, x, layer=MNIST_CAM).target.tolist() == pred.tolist()
@@ -396,7 +398,8 @@ def test_integrated_gradients_completeness_error_shrinks(mnist_model, mnist_batc
     coarse = integrated_gradients(mnist_model, x, steps=4)
     fine = integrated_gradients(mnist_model, x, steps=96, batch_size=96)
     t = fine.target.view(-1, 1)
-    gain = mnist_model(x).gather(1, t)[:, 0] - mnist_model(torch.zeros_like(x)).gather(1, t)[:, 0]
+    gain = (predict_logits(mnist_model, x).gather(1, t)[:, 0]
+            - predict_logits(mnist_model, torch.zeros_like(x)).gather(1, t)[:, 0])
     assert (fine.delta < coarse.delta).all()
     assert (fine.delta < 1e-2 * gain.abs().detach()).all()
     trap = integrated_gradients(mnist_model, x, steps=96, rule="trapezoid", batch_size=96)

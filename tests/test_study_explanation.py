@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import TEST_DEVICE
 
 from advsal.cli import main
 from advsal.errors import ConfigError
@@ -125,6 +126,7 @@ def test_config_is_checked_before_any_stage_runs(tmp_path, tiny_data):
 
 TINY = {
     "name": "tiny",
+    "device": TEST_DEVICE,
     "data": {"options": {"n_train": 300, "n_test": 60}},
     "classifier": {"epochs": 1},
     "n_images": 4,

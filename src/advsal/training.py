@@ -81,9 +81,9 @@ def evaluate(model: nn.Module, data: ImageSet, batch_size: int = 512) -> Evaluat
     if logits.shape[1] != data.num_classes:
         raise InputError(f"model has {logits.shape[1]} outputs but {data.name} has {data.num_classes} classes")
     loss = float(F.cross_entropy(logits, data.y).item()) if len(data) else float("nan")
-    pred = logits.argmax(1).numpy()
-    cm = confusion_matrix(data.y.numpy(), pred, data.num_classes)
-    acc = float((pred == data.y.numpy()).mean()) if len(data) else float("nan")
+    pred, truth = logits.argmax(1).cpu().numpy(), data.y.cpu().numpy()
+    cm = confusion_matrix(truth, pred, data.num_classes)
+    acc = float((pred == truth).mean()) if len(data) else float("nan")
     return Evaluation(acc, loss, per_class_accuracy(cm), cm, len(data))
 
 

@@ -110,7 +110,8 @@ def minimal_epsilon_per_example(attack_factory: Callable[[Tensor], Attack], mode
         raise InputError(f"need lo < hi, got lo={lo} and hi={hi}")
     steps = check_positive_int("steps", steps, minimum=0)
     n = x.shape[0]
-    wrong = predict_logits(model, x).argmax(1).to(y.device) != y
+    y = y.to(x.device)  # indexed with x's indices below
+    wrong = predict_logits(model, x).argmax(1) != y
     lower = torch.full((n,), lo, device=x.device)
     upper = torch.full((n,), hi, device=x.device)
 
@@ -118,8 +119,8 @@ def minimal_epsilon_per_example(attack_factory: Callable[[Tensor], Attack], mode
         result = attack_factory(eps.to(x.device))(model, x[idx], y[idx])
         return result.success.to(x.device)
 
-    todo = (~wrong.to(x.device)).nonzero().squeeze(1)
-    found = wrong.to(x.device).clone()
+    todo = (~wrong).nonzero().squeeze(1)
+    found = wrong.clone()
     if todo.numel():
         found[todo] = fooled(todo, upper[todo])
     todo = todo[found[todo]]
@@ -131,8 +132,8 @@ def minimal_epsilon_per_example(attack_factory: Callable[[Tensor], Attack], mode
         upper[todo] = torch.where(ok, mid, upper[todo])
         lower[todo] = torch.where(ok, lower[todo], mid)
     eps = torch.where(found, upper, torch.full_like(upper, torch.inf))
-    eps[wrong.to(x.device)] = 0.0
-    lower[wrong.to(x.device)] = 0.0
+    eps[wrong] = 0.0
+    lower[wrong] = 0.0
     return PerExampleEpsilon(eps=eps, lower=lower, found=found)
 
 

@@ -48,7 +48,7 @@ class ImageSet:
         return int(self.x.shape[2]), int(self.x.shape[3])
 
     def class_counts(self) -> np.ndarray:
-        return np.bincount(self.y.numpy(), minlength=self.num_classes)
+        return np.bincount(self.y.cpu().numpy(), minlength=self.num_classes)
 
     def subset(self, index: Sequence[int] | np.ndarray | torch.Tensor, name: str | None = None) -> ImageSet:
         """The examples at ``index`` (order kept), as a new ImageSet."""
@@ -96,7 +96,7 @@ def stratified_split(data: ImageSet, test_size: int | float, seed: int = 0,
     if not 0 < n_test < n:
         raise DataError(f"{data.name}: cannot split {n} images into {n - n_test} + {n_test}")
     rng = np.random.default_rng(seed)
-    y = data.y.numpy()
+    y = data.y.cpu().numpy()
     test_idx: list[np.ndarray] = []
     # Per-class quotas by largest remainder, so the total is exactly n_test.
     counts = np.bincount(y, minlength=data.num_classes)
@@ -130,7 +130,7 @@ def deplete_class(data: ImageSet, cls: int, n_remove: int | float, seed: int = 0
     """
     if not 0 <= cls < data.num_classes:
         raise DataError(f"class {cls} does not exist (valid: 0..{data.num_classes - 1})")
-    members = np.flatnonzero(data.y.numpy() == cls)
+    members = np.flatnonzero(data.y.cpu().numpy() == cls)
     k = int(round(n_remove * len(members))) if isinstance(n_remove, float) else int(n_remove)
     if not 0 <= k <= len(members):
         raise DataError(f"cannot remove {k} images of class {cls}: it has {len(members)}")

@@ -200,7 +200,7 @@ def scan_threshold(model: nn.Module, explanation: MeaningfulExplanation,
     mean_ape = table.mean(1)
     n = explanation.x.shape[0]
     best = table.argmin(0) if per_example else mean_ape.argmin().expand(n)
-    chosen = grid.to(explanation.mask.dtype)[best].to(explanation.mask.device)
+    chosen = grid.to(device=explanation.mask.device, dtype=explanation.mask.dtype)[best]
     region = threshold_region(explanation, chosen)
     x_hat = apply_region(explanation, region)
     return ThresholdScan(chosen, region, x_hat, ape_d(model, explanation.x, x_hat, explanation.target, w),

@@ -159,7 +159,7 @@ def rank_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     denom = np.sqrt((ra ** 2).sum(1) * (rb ** 2).sum(1))
     with np.errstate(invalid="ignore", divide="ignore"):
         rho = np.where(denom > 0, (ra * rb).sum(1) / np.where(denom > 0, denom, 1.0), np.nan)
-    return torch.from_numpy(rho.astype(np.float32))
+    return torch.from_numpy(rho.astype(np.float32)).to(a.device)
 
 
 def dilate(mask: torch.Tensor, radius: float) -> torch.Tensor:

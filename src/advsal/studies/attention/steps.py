@@ -300,14 +300,14 @@ def control_perturbation(x: torch.Tensor, x_adv: torch.Tensor, kind: str, eps: f
     for ``kind="l0"`` as many random pixels as x_adv changed, set to uniform random values."""
     gen = torch.Generator().manual_seed(seed)
     if kind == "linf":
-        signs = torch.randint(0, 2, x.shape, generator=gen).float() * 2 - 1
+        signs = (torch.randint(0, 2, x.shape, generator=gen).float() * 2 - 1).to(x.device)
         return (x + eps * signs).clamp(0, 1)
     n, c, h, w = x.shape
     counts = cmp.perturbed_pixels(x, x_adv).flatten(1).sum(1)
     out = x.clone().flatten(2)
     for i in range(n):  # one permutation per image: the changed-pixel count differs between images
         where = torch.randperm(h * w, generator=gen)[: int(counts[i])]
-        out[i][:, where] = torch.rand(c, len(where), generator=gen)
+        out[i][:, where.to(x.device)] = torch.rand(c, len(where), generator=gen).to(x.device)
     return out.view_as(x)
 
 
