@@ -255,7 +255,10 @@ def test_batch_equals_per_example_for_deterministic_attacks(mnist_model, mnist_b
         whole = attack(mnist_model, x, y, targets).x_adv
         singles = torch.cat([attack(mnist_model, x[i:i + 1], y[i:i + 1],
                                     None if targets is None else targets[i:i + 1]).x_adv for i in range(3)])
-        assert torch.allclose(whole, singles, atol=1e-4), type(attack).__name__
+        # DeepFool steps by f/‖∇f‖² until the label flips, so a conv's batch-size-dependent rounding (seen with
+        # one CPU thread: 2e-3 on one pixel, L2 2.0659 vs 2.0667) moves its last step; a batching bug moves far more
+        tol = 5e-3 if isinstance(attack, DeepFool) else 1e-4
+        assert torch.allclose(whole, singles, atol=tol), type(attack).__name__
     chunked = BIM(0.1, steps=5, batch_size=3)(mnist_model, x, y).x_adv
     assert torch.allclose(chunked, BIM(0.1, steps=5)(mnist_model, x, y).x_adv, atol=1e-4)
 

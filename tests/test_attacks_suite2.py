@@ -4,6 +4,7 @@ hand-built models only, so the file runs in seconds."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -11,6 +12,7 @@ from torch import nn
 from advsal.attacks import APGD, APGDT, AutoAttack, Square, make_attack
 from advsal.attacks.apgd import StepSizeSchedule, checkpoints, dlr_loss, dlr_targeted_loss
 from advsal.attacks.base import Attack
+from advsal.attacks.fab import FABT
 from advsal.attacks.square import linf_square_update, p_schedule, square_mask
 
 TOL = 1e-5
@@ -175,10 +177,47 @@ def test_autoattack_robust_accuracy_is_analytic_on_a_linear_classifier():
 
 
 def test_autoattack_rejects_targets():
-    with pytest.raises(ValueError, match="untargeted"):
-        AutoAttack()(tiny_conv(), torch.rand(2, 1, 10, 10), torch.tensor([0, 1]), targets=torch.tensor([1, 0]))
+    for run in (AutoAttack(), AutoAttack().perturb):  # perturb too: it must not run untargeted without a word
+        with pytest.raises(ValueError, match="untargeted"):
+            run(tiny_conv(), torch.rand(2, 1, 10, 10), torch.tensor([0, 1]), targets=torch.tensor([1, 0]))
     with pytest.raises(ValueError, match="version"):
         AutoAttack(version="plus")
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda: AutoAttack("l2"), "no default budget"),          # an L∞ default would flatter an L2 evaluation
+    (lambda: make_attack("square-l2"), "no default budget"),
+    (lambda: APGD(8), "did you mean 8/255"),                  # 0–255 units under L∞
+    (lambda: Square(torch.tensor([0.1, 3.0])), "did you mean 3/255"),
+    (lambda: APGD(seed=1.7), "seed must be an integer"),      # not silently seed 1
+    (lambda: Square(seed="1e3"), "seed must be an integer"),  # what a YAML/CLI value can arrive as
+    (lambda: Square(p_init=True), "p_init"),
+    (lambda: Square(rescale_schedule="no"), "rescale_schedule"),
+    (lambda: APGD([0.1, 0.2]), "torch.tensor"),
+])
+def test_suite_two_settings_are_refused_with_the_fix(build, message):
+    with pytest.raises(ValueError, match=message):
+        build()
+
+
+def test_unusable_models_are_refused_before_any_work():
+    x, y = torch.rand(3, 1, 10, 10), torch.tensor([0, 0, 0])
+    with pytest.raises(ValueError, match="≥ 2 classes"):
+        APGD(steps=2)(tiny_conv(classes=1), x, y)
+    with pytest.raises(ValueError, match="nn.Module"):
+        APGD(steps=2)(lambda z: tiny_conv()(z), x, y)
+
+    class Detached(nn.Module):  # no gradient path from the logits back to x
+        def __init__(self):
+            super().__init__()
+            self.net = tiny_conv()
+
+        def forward(self, z):
+            return self.net(z).detach()
+    for attack in (APGD(steps=2), FABT(steps=2)):
+        with pytest.raises(ValueError, match="Square needs none"):
+            attack(Detached(), x, Detached()(x).argmax(1))
+    assert APGD(steps=np.int64(3)).steps == 3  # numpy integers count as integers
 
 
 # ---------------------------------------------------------------- every new attack: ball and box
@@ -217,8 +256,8 @@ def test_targeted_apgd_hits_targets():
 
 
 def test_registry_names_build_the_new_attacks():
-    assert make_attack("apgd-dlr-l2", eps=1.0).loss == "dlr" and make_attack("apgd-dlr-l2").norm == "l2"
-    assert isinstance(make_attack("apgd-t"), APGDT) and make_attack("square-l2").norm == "l2"
+    assert make_attack("apgd-dlr-l2", eps=1.0).loss == "dlr" and make_attack("apgd-dlr-l2", eps=1.0).norm == "l2"
+    assert isinstance(make_attack("apgd-t"), APGDT) and make_attack("square-l2", eps=1.0).norm == "l2"
     assert make_attack("autoattack-l2", eps=0.5).norm == "l2"
     with pytest.raises(ValueError, match="fixed by the name"):
         make_attack("apgd-ce", loss="dlr")

@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import InputError
-from .base import Attack, check_budget, check_positive_int
-from .gradient import NORMS, _l2_normalise, _per_image
+from .base import Attack, check_differentiable, check_norm, check_positive_int, check_seed, default_budget
+from .gradient import _l2_normalise, _per_image
 
 #: §3.2: the fraction of loss-increasing steps below which η is halved.
 RHO = 0.75
@@ -141,7 +141,8 @@ class APGD(Attack):
     Targeted (``targets=`` given): the loss is −CE of the target or the targeted DLR loss of ``APGDT``.
 
     Arguments:
-        eps (float or Tensor): budget, one number or one per example (shape (N,)); default 8/255.
+        eps (float or Tensor): budget, one number or one per example (shape (N,)); default 8/255 under L∞,
+            none under L2.
         norm (str): "linf" or "l2" (default "linf").
         steps (int): iterations N_iter per run (default 100).
         loss (str): "ce" or "dlr" (default "ce").
@@ -161,20 +162,18 @@ class APGD(Attack):
     name = "apgd"
     per_example = ("eps",)
 
-    def __init__(self, eps: float | Tensor = 8 / 255, norm: str = "linf", steps: int = 100, loss: str = "ce",
+    def __init__(self, eps: float | Tensor | None = None, norm: str = "linf", steps: int = 100, loss: str = "ce",
                  restarts: int = 1, eot: int = 1, seed: int = 0, batch_size: int | None = None):
         super().__init__(batch_size)
-        self.eps = check_budget("eps", eps)
-        if norm not in NORMS:
-            raise InputError(f"norm must be one of {NORMS}, got {norm!r}")
-        self.norm = norm
+        self.norm = check_norm(norm)
+        self.eps = default_budget(eps, norm)
         self.steps = check_positive_int("steps", steps)
         if loss not in LOSSES:
             raise InputError(f"loss must be one of {LOSSES}, got {loss!r}")
         self.loss = loss
         self.restarts = check_positive_int("restarts", restarts)
         self.eot = check_positive_int("eot", eot)
-        self.seed = int(seed)
+        self.seed = check_seed(seed)
 
     # -- pieces shared with APGDT
 
@@ -193,6 +192,7 @@ class APGD(Attack):
         for _ in range(self.eot):
             xg = x.detach().requires_grad_(True)
             logits = model(xg)
+            check_differentiable(logits, type(self).__name__)
             loss = self._objective(logits, y, targets)
             (g,) = torch.autograd.grad(loss.sum(), xg)
             grad = g if grad is None else grad + g
@@ -309,7 +309,7 @@ class APGDT(APGD):
     runs one targeted APGD towards them instead.
 
     Arguments:
-        eps (float or Tensor): budget (default 8/255). norm (str): "linf" or "l2".
+        eps (float or Tensor): budget (default 8/255 under L∞, none under L2). norm (str): "linf" or "l2".
         steps (int): iterations per target (default 100). n_targets (int): top classes to try (default 9).
         loss (str): "dlr" (default) or "ce". restarts (int): runs per target (default 1).
         eot (int): gradient samples per step. seed (int). batch_size (int, optional).
@@ -323,7 +323,7 @@ class APGDT(APGD):
 
     name = "apgd-t"
 
-    def __init__(self, eps: float | Tensor = 8 / 255, norm: str = "linf", steps: int = 100, n_targets: int = 9,
+    def __init__(self, eps: float | Tensor | None = None, norm: str = "linf", steps: int = 100, n_targets: int = 9,
                  loss: str = "dlr", restarts: int = 1, eot: int = 1, seed: int = 0,
                  batch_size: int | None = None):
         super().__init__(eps, norm, steps, loss, restarts, eot, seed, batch_size)

@@ -16,9 +16,8 @@ from torch import Tensor, nn
 
 from ..errors import InputError
 from .apgd import APGD, APGDT
-from .base import Attack, AttackResult, check_budget, check_positive_int
+from .base import Attack, AttackResult, check_norm, check_positive_int, check_seed, default_budget
 from .fab import FABT
-from .gradient import NORMS
 from .square import Square
 
 VERSIONS = ("standard", "rand")
@@ -42,7 +41,8 @@ class AutoAttack(Attack):
 
     Arguments:
         norm (str): "linf" or "l2" (default "linf").
-        eps (float or Tensor): budget, one number or one per example (shape (N,)); default 8/255.
+        eps (float or Tensor): budget, one number or one per example (shape (N,)); default 8/255 under L∞,
+            none under L2.
         version (str): "standard" (APGD-CE, APGD-T, FAB-T, Square) or "rand" (APGD-CE, APGD-DLR with EOT 20).
         steps (int): APGD and FAB iterations (default 100). n_targets (int): APGD-T and FAB-T target classes
             (default 9).
@@ -60,21 +60,19 @@ class AutoAttack(Attack):
     name = "autoattack"
     per_example = ("eps",)
 
-    def __init__(self, norm: str = "linf", eps: float | Tensor = 8 / 255, version: str = "standard",
+    def __init__(self, norm: str = "linf", eps: float | Tensor | None = None, version: str = "standard",
                  steps: int = 100, n_targets: int = 9, n_queries: int = 5000, seed: int = 0,
                  batch_size: int | None = None):
         super().__init__(batch_size)
-        if norm not in NORMS:
-            raise InputError(f"norm must be one of {NORMS}, got {norm!r}")
-        self.norm = norm
-        self.eps = check_budget("eps", eps)
+        self.norm = check_norm(norm)
+        self.eps = default_budget(eps, norm)
         if version not in VERSIONS:
             raise InputError(f"version must be one of {VERSIONS}, got {version!r}")
         self.version = version
         self.steps = check_positive_int("steps", steps)
         self.n_targets = check_positive_int("n_targets", n_targets)
         self.n_queries = check_positive_int("n_queries", n_queries)
-        self.seed = int(seed)
+        self.seed = check_seed(seed)
         self._codes: list[Tensor] = []
 
     def component_names(self) -> tuple[str, ...]:
@@ -117,14 +115,18 @@ class AutoAttack(Attack):
         self._codes.append(code)
         return out
 
-    def __call__(self, model: nn.Module, x: Tensor, y: Tensor | None = None,
-                 targets: Tensor | None = None) -> AutoAttackResult:
-        if targets is not None:
+    def _validate(self, model: nn.Module, x: Tensor, y: Tensor | None,
+                  targets: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        if targets is not None:  # for perturb() too, which would otherwise run untargeted without a word
             raise InputError("AutoAttack evaluates untargeted robustness; drop targets= (APGDT runs targeted "
                              "APGD towards given targets)")
-        self._codes = []
+        self._codes = []  # which member broke each image, chunk by chunk, for this call
+        return super()._validate(model, x, y, targets)
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor | None = None,
+                 targets: Tensor | None = None) -> AutoAttackResult:
         try:
-            result = super().__call__(model, x, y)
+            result = super().__call__(model, x, y, targets)
             codes = torch.cat(self._codes).tolist()
         finally:
             self._codes = []

@@ -18,6 +18,7 @@ the running chunk's values with ``self._per_example(value, x)``, so chunking nev
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -84,11 +85,47 @@ def check_nonnegative(name: str, value: float) -> float:
     return v
 
 
-def check_budget(name: str, value: float | Tensor) -> float | Tensor:
+#: The threat models of the gradient and score-based attacks.
+NORMS = ("linf", "l2")
+#: The L∞ budget of AutoAttack's and RobustBench's CIFAR-10 evaluations: the default where an attack has one.
+LINF_DEFAULT_EPS = 8 / 255
+
+
+def check_norm(norm: str) -> str:
+    if norm not in NORMS:
+        raise InputError(f"norm must be one of {NORMS}, got {norm!r}")
+    return norm
+
+
+def default_budget(eps: float | Tensor | None, norm: str) -> float | Tensor:
+    """ε of an attack with a default budget: 8/255 under L∞ when not given; under L2 there is no common scale
+    (an L∞ default there would make a model look far more robust than it is), so ε must be given."""
+    if eps is not None:
+        return check_budget("eps", eps, norm)
+    if norm == "linf":
+        return LINF_DEFAULT_EPS
+    raise InputError("norm='l2' has no default budget; pass eps= (RobustBench's CIFAR-10 L2 budget is 0.5)")
+
+
+def check_budget(name: str, value: float | Tensor, norm: str | None = None) -> float | Tensor:
     """A budget (ε, a step size) as a float ≥ 0, or as a per-example 1-D tensor of finite values ≥ 0.
 
-    A 0-d tensor counts as a number. Raises ValueError naming the offending example and the fix.
+    A 0-d tensor counts as a number. With ``norm="linf"`` a budget above 1 (the whole pixel range: almost always
+    ε in 0–255 units, 8 meant as 8/255) is refused. Raises ValueError naming the offending example and the fix.
     """
+    if isinstance(value, (list, tuple)) or (hasattr(value, "__array__") and not isinstance(value, Tensor)
+                                            and getattr(value, "ndim", 0) > 0):
+        raise InputError(f"{name} must be a number or a 1-D torch tensor of shape (N,) (one budget per image), got "
+                         f"{type(value).__name__}; wrap per-example values with torch.tensor(...)")
+    value = _check_budget_values(name, value)
+    largest = value if not isinstance(value, Tensor) else float(value.max()) if value.numel() else 0.0
+    if norm == "linf" and largest > 1:
+        raise InputError(f"{name}={largest:g} exceeds the [0, 1] pixel range under L∞; budgets are in pixel "
+                         f"units (did you mean {largest:g}/255 ≈ {largest / 255:.4f}?)")
+    return value
+
+
+def _check_budget_values(name: str, value: float | Tensor) -> float | Tensor:
     if not isinstance(value, Tensor) or value.dim() == 0:
         return check_nonnegative(name, value.item() if isinstance(value, Tensor) else value)
     if value.dim() != 1:
@@ -107,10 +144,34 @@ def check_budget(name: str, value: float | Tensor) -> float | Tensor:
 
 
 def check_positive_int(name: str, value: int, minimum: int = 1) -> int:
-    """Raise ValueError unless ``value`` is an integer ≥ ``minimum`` (used for steps, restarts, ...)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    """Raise ValueError unless ``value`` is an integer ≥ ``minimum`` (used for steps, restarts, ...); numpy
+    integers count."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise InputError(f"{name} must be an integer ≥ {minimum}, got {value!r}")
-    return value
+    return int(value)
+
+
+def check_seed(value: int) -> int:
+    """A random seed: an integer in torch's 64-bit range (a float or a string is refused, not truncated)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not -2**63 <= value < 2**64:
+        raise InputError(f"seed must be an integer, e.g. 0; got {value!r}")
+    return int(value)
+
+
+def check_model(model: nn.Module) -> None:
+    """Raise ValueError unless ``model`` is an ``nn.Module`` (a plain function has no modes or parameters to
+    freeze)."""
+    if not isinstance(model, nn.Module):
+        raise InputError("model must be a torch nn.Module mapping images to logits, got "
+                         f"{type(model).__name__}; wrap a function in an nn.Module whose forward calls it")
+
+
+def check_differentiable(logits: Tensor, attack: str) -> None:
+    """Raise ValueError when the logits carry no gradient to x (``torch.no_grad`` or ``.detach()`` inside
+    the model's forward): a gradient attack cannot run on such a model."""
+    if not logits.requires_grad:
+        raise InputError(f"the model's logits do not depend differentiably on x (torch.no_grad or .detach() in its "
+                         f"forward?); {attack} needs gradients — Square needs none")
 
 
 class Reporting:
@@ -190,9 +251,6 @@ class Attack(Reporting):
 
     def _validate(self, model: nn.Module, x: Tensor, y: Tensor | None,
                   targets: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        if not isinstance(model, nn.Module):
-            raise InputError("model must be a torch nn.Module mapping images to logits, got "
-                             f"{type(model).__name__}")
         check_images(x)
         check_model_dtype(x, model)
         if x.shape[0] == 0:
@@ -204,6 +262,9 @@ class Attack(Reporting):
         if probe.dim() != 2:
             raise InputError(f"model must return logits of shape (N, classes), got {tuple(probe.shape)}")
         num_classes = probe.shape[1]
+        if num_classes < 2:
+            raise InputError(f"model returns {num_classes} logit per image; attacks need ≥ 2 classes — wrap a "
+                             "single-logit binary model to return torch.cat([-z, z], 1)")
         if y is None:
             with torch.no_grad():
                 y = torch.cat([model(x[i:i + 512].to(device)).argmax(1).to(x.device)
@@ -244,6 +305,7 @@ class Attack(Reporting):
                ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor, Tensor | None]:
         """Validate, freeze, attack chunk by chunk; returns (x_adv, pred or None, queries, y, targets) on x's
         device. ``evaluate`` runs the model on each chunk's result for its prediction (``__call__``)."""
+        check_model(model)
         with frozen(model):
             y, targets = self._validate(model, x, y, targets)
             self._targeted = targets is not None

@@ -35,8 +35,16 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import InputError
-from .base import Attack, check_budget, check_nonnegative, check_positive_int
-from .gradient import NORMS, _per_image
+from .base import (
+    Attack,
+    check_budget,
+    check_differentiable,
+    check_nonnegative,
+    check_norm,
+    check_positive_int,
+    check_seed,
+)
+from .gradient import _per_image
 
 _TINY = 1e-12
 #: The final search steps this fraction of the segment past the regula-falsi root.
@@ -55,8 +63,7 @@ def boundary_projection(p: Tensor, w: Tensor, c: Tensor, norm: str) -> Tensor:
     L2: δ_j ∝ w_j by the KKT conditions), piecewise linear and increasing in s; its breakpoints u_j / k_j are
     sorted and the segment holding |c| is solved in closed form.
     """
-    if norm not in NORMS:
-        raise InputError(f"norm must be one of {NORMS}, got {norm!r}")
+    check_norm(norm)
     sign = torch.where(c < 0, -1.0, 1.0).to(p.dtype)
     ws = w * sign[:, None]                                  # now ⟨ws, δ⟩ = |c| ≥ 0
     aw = ws.abs()
@@ -128,10 +135,8 @@ class FABT(Attack):
                  n_targets: int = 9, restarts: int = 1, alpha_max: float = 0.1, eta: float = 1.05,
                  beta: float = 0.9, final_search: int = 3, seed: int = 0, batch_size: int | None = None):
         super().__init__(batch_size)
-        self.eps = None if eps is None else check_budget("eps", eps)
-        if norm not in NORMS:
-            raise InputError(f"norm must be one of {NORMS}, got {norm!r}")
-        self.norm = norm
+        self.norm = check_norm(norm)
+        self.eps = None if eps is None else check_budget("eps", eps, norm)
         self.steps = check_positive_int("steps", steps)
         self.n_targets = check_positive_int("n_targets", n_targets)
         self.restarts = check_positive_int("restarts", restarts)
@@ -139,12 +144,15 @@ class FABT(Attack):
         if self.alpha_max > 1:
             raise InputError(f"alpha_max is a convex weight in [0, 1], got {alpha_max!r} (the paper uses 0.1)")
         self.eta = check_nonnegative("eta", eta)
+        if self.eta < 1:
+            raise InputError(f"eta is the overshoot past the linearised boundary and must be ≥ 1, got {eta!r} (the "
+                             "paper uses 1.05)")
         self.beta = check_nonnegative("beta", beta)
         if self.beta > 1:
             raise InputError(f"beta pulls an adversarial back towards x and must be in [0, 1], got {beta!r} "
                              "(the paper uses 0.9)")
         self.final_search = check_positive_int("final_search", final_search, minimum=0)
-        self.seed = int(seed)
+        self.seed = check_seed(seed)
 
     # -- one batched FAB run (Algorithm 1) towards fixed targets
 
@@ -159,7 +167,9 @@ class FABT(Attack):
                          to_target: bool) -> tuple[Tensor, Tensor]:
         """(f, ∇f) at ``x``: one forward and one backward pass."""
         xg = x.detach().requires_grad_(True)
-        f = self._boundary(model(xg), y, t, to_target)
+        logits = model(xg)
+        check_differentiable(logits, "FAB")
+        f = self._boundary(logits, y, t, to_target)
         (grad,) = torch.autograd.grad(f.sum(), xg)
         return f.detach(), grad
 
@@ -175,6 +185,7 @@ class FABT(Attack):
         x1 = start.detach()
         xg = x1.clone().requires_grad_(True)
         logits = model(xg)
+        check_differentiable(logits, "FAB")
         for k in range(self.steps + 1):
             with torch.no_grad():
                 hit = self._hits(logits.detach(), y, t, to_target)

@@ -15,10 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import InputError
-from .base import Attack, check_budget, check_positive_int
+from .base import Attack, check_budget, check_differentiable, check_norm, check_positive_int, check_seed
 
-NORMS = ("linf", "l2")
 _TINY = 1e-12
 
 
@@ -34,6 +32,7 @@ def loss_gradient(model: nn.Module, x: Tensor, labels: Tensor | None,
     """
     x = x.detach().requires_grad_(True)
     logits = model(x)
+    check_differentiable(logits, "a gradient attack")
     if labels is None:
         labels = logits.detach().argmax(1)
     loss = F.cross_entropy(logits, labels, reduction="none")
@@ -118,15 +117,13 @@ class PGD(Attack):
                  norm: str = "linf", random_start: bool = True, restarts: int = 1, seed: int = 0,
                  batch_size: int | None = None):
         super().__init__(batch_size)
-        self.eps = check_budget("eps", eps)
+        self.norm = check_norm(norm)
+        self.eps = check_budget("eps", eps, norm)
         self.steps = check_positive_int("steps", steps)
         self.alpha = None if alpha is None else check_budget("alpha", alpha)
-        if norm not in NORMS:
-            raise InputError(f"norm must be one of {NORMS}, got {norm!r}")
-        self.norm = norm
         self.random_start = bool(random_start)
         self.restarts = check_positive_int("restarts", restarts)
-        self.seed = int(seed)
+        self.seed = check_seed(seed)
 
     def _labels(self, model: nn.Module, x: Tensor, y: Tensor, targets: Tensor | None) -> Tensor | None:
         return targets if targets is not None else y

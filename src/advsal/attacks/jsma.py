@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import InputError
-from .base import Attack, check_nonnegative
+from .base import Attack, check_nonnegative, check_seed
 from .targets import least_likely_targets, random_targets
 
 VARIANTS = ("increase", "decrease")
@@ -113,7 +113,7 @@ class JSMA(Attack):
             raise InputError(f"saliency_map must be one of {SALIENCY_MAPS}, got {saliency_map!r}")
         self.saliency_map = saliency_map
         self.requires_targets = target_selection == "required"
-        self.seed = int(seed)
+        self.seed = check_seed(seed)
 
     def _default_targets(self, model: nn.Module, x: Tensor, y: Tensor, num_classes: int) -> Tensor | None:
         if self.target_selection == "random":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import Attack, check_positive_int
+from .base import Attack, check_positive_int, check_seed
 
 _MUTATION = 0.5  # Su et al.: F = 0.5, no crossover
 
@@ -32,7 +32,7 @@ class PixelAttack(Attack):
         self.pixels = check_positive_int("pixels", pixels)
         self.population = check_positive_int("population", population, minimum=4)
         self.generations = check_positive_int("generations", generations, minimum=0)
-        self.seed = int(seed)
+        self.seed = check_seed(seed)
         self.eval_batch = check_positive_int("eval_batch", eval_batch)
 
     def _apply(self, x: Tensor, cand: Tensor) -> Tensor:

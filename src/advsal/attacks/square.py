@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import InputError
-from .base import Attack, check_budget, check_positive_int
-from .gradient import NORMS, _per_image
+from .base import Attack, check_nonnegative, check_norm, check_positive_int, check_seed, default_budget
+from .gradient import _per_image
 
 LOSSES = ("margin", "ce")
 _TINY = 1e-12
@@ -108,7 +108,8 @@ class Square(Attack):
     on the examples still unbroken. Returns queries per example (initialisation included).
 
     Arguments:
-        eps (float or Tensor): budget, one number or one per example (shape (N,)); default 8/255.
+        eps (float or Tensor): budget, one number or one per example (shape (N,)); default 8/255 under L∞,
+            none under L2.
         norm (str): "linf" or "l2" (default "linf").
         n_queries (int): iterations (queries after the initial one) per run (default 5000).
         p_init (float): initial fraction of pixels per square (default 0.8).
@@ -128,24 +129,24 @@ class Square(Attack):
     name = "square"
     per_example = ("eps",)
 
-    def __init__(self, eps: float | Tensor = 8 / 255, norm: str = "linf", n_queries: int = 5000,
+    def __init__(self, eps: float | Tensor | None = None, norm: str = "linf", n_queries: int = 5000,
                  p_init: float = 0.8, loss: str = "margin", restarts: int = 1, rescale_schedule: bool = False,
                  seed: int = 0, batch_size: int | None = None):
         super().__init__(batch_size)
-        self.eps = check_budget("eps", eps)
-        if norm not in NORMS:
-            raise InputError(f"norm must be one of {NORMS}, got {norm!r}")
-        self.norm = norm
+        self.norm = check_norm(norm)
+        self.eps = default_budget(eps, norm)
         self.n_queries = check_positive_int("n_queries", n_queries)
-        if not 0 < p_init <= 1:
-            raise InputError(f"p_init (fraction of pixels per square) must be in (0, 1], got {p_init!r}")
+        if isinstance(p_init, bool) or not 0 < check_nonnegative("p_init", p_init) <= 1:
+            raise InputError(f"p_init (fraction of pixels per square) must be a number in (0, 1], got {p_init!r}")
         self.p_init = float(p_init)
         if loss not in LOSSES:
             raise InputError(f"loss must be one of {LOSSES}, got {loss!r}")
         self.loss = loss
         self.restarts = check_positive_int("restarts", restarts)
-        self.rescale_schedule = bool(rescale_schedule)
-        self.seed = int(seed)
+        if not isinstance(rescale_schedule, bool):
+            raise InputError(f"rescale_schedule must be True or False, got {rescale_schedule!r}")
+        self.rescale_schedule = rescale_schedule
+        self.seed = check_seed(seed)
 
     def _margin_and_loss(self, model: nn.Module, x: Tensor, y: Tensor,
                          targets: Tensor | None) -> tuple[Tensor, Tensor]:
