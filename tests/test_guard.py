@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -168,6 +169,12 @@ def test_export_from_a_run_then_detect_in_a_fresh_process(tmp_path, advsal, devi
     assert res.returncode == 2 and "available: image+saliency-fgsm" in res.stderr and "image-fgsm" in res.stderr
     res = advsal("export", run_dir, "--detector", "image+saliency-fgsm", "--out", tmp_path / "guard")
     assert res.returncode == 0, res.stderr
+    res = advsal("export", run_dir, "--detector", "image+saliency-fgsm", "--out", tmp_path / "guard")
+    assert res.returncode == 2 and "already holds a guard" in res.stderr  # its calibration would be lost
+    save_model(build_model("mnist-net", seed=5), tmp_path / "other")
+    res = advsal("export", run_dir, "--detector", "image+saliency-fgsm", "--out", tmp_path / "g2", "--model",
+                 tmp_path / "other.safetensors")
+    assert res.returncode == 2 and "trained for classifier" in res.stderr and not (tmp_path / "g2").exists()
     stages = run_dir / "stages"
     x_adv = load_file(str(next(stages.glob("adv-fgsm-test-*")) / "tensors.safetensors"))["x_adv"]
     stored = load_file(str(next(stages.glob("detector-fgsm-????????????????")) / "tensors.safetensors"))
@@ -212,6 +219,78 @@ def test_guarded_model_adds_a_rejection_class(model, detector, images):
     guarded(xr)[:, 10].sum().backward()
     assert xr.grad is not None and xr.grad.abs().sum() > 0
     assert {id(p) for p in guarded.parameters()} == {id(p) for p in model.parameters()}  # detector not owned
+
+
+def test_guarded_model_refuses_a_classifier_the_detector_was_not_built_for(model, detector):
+    with pytest.raises(ValueError, match="another classifier"):
+        GuardedModel(build_model("mnist-net", seed=5).eval(), detector)
+
+
+def test_edited_guard_files_are_refused(tmp_path, model, detector, images):
+    guard = Guard(model, detector, fpr=0.05)
+    guard.calibrate(images[:64])
+    guard.save(tmp_path / "g")
+
+    def edited(name, change):
+        (tmp_path / "e").exists() and shutil.rmtree(tmp_path / "e")
+        shutil.copytree(tmp_path / "g", tmp_path / "e")
+        path = tmp_path / "e" / name
+        path.write_bytes(change(path.read_bytes()))
+        return tmp_path / "e"
+
+    def sidecar(**fields):
+        return lambda b: json.dumps({**json.loads(b), **fields}).encode()
+    for name, change, message in [
+        ("detector.json", sidecar(threshold=7), "differs from the calibrated"),  # would accept every input
+        ("detector.json", sidecar(threshold="abc"), "malformed threshold"),
+        ("detector.json", sidecar(kind=["x"]), "malformed kind"),
+        ("detector.json", sidecar(calibration={"fpr_target": 0.05}), "malformed calibration"),
+        ("guard.json", sidecar(fpr=0.5), "differs from the calibration"),
+        ("guard.json", lambda b: b"[]", "not guard settings"),
+        ("guard.json", lambda b: b"\xff\xfe", "corrupt"),
+    ]:
+        with pytest.raises(DetectorFileError, match=message):
+            Guard.load(edited(name, change), model)
+    assert not list(tmp_path.glob("g.*"))  # the save left no partial or old folder behind
+
+
+def test_recalibration_and_nan_scores(tmp_path, model, detector, images):
+    guard = Guard(model, detector, fpr=0.05)
+    guard.calibrate(images[:64])
+    guard.attach_robustness(tpr_bim=0.9)
+    assert guard.calibrate(images[:64], fpr=0.5).robust == {}  # measured at the old threshold: dropped
+    guard.save(tmp_path / "g", classifier_meta={})
+    guard.save(tmp_path / "g")  # a save without the classifier keeps the one already there
+    assert (tmp_path / "g" / f"{CLASSIFIER_FILE}.safetensors").is_file()
+    x = images[:2]
+    guard.scores = lambda _: (torch.zeros(2, dtype=torch.long), torch.tensor([float("nan"), -1.0]))
+    assert guard(x).flagged.tolist() == [True, False]  # a NaN score fails closed
+
+
+def test_detect_refuses_inputs_it_cannot_score(tmp_path, advsal, model, detector, images):
+    from PIL import Image
+
+    guard_dir = tmp_path / "guard"
+    Guard(model, detector).save(guard_dir, classifier_meta={})
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray((images[0, 0].numpy() * 255).round().astype(np.uint8)).save(folder / "ok.png")
+    Image.fromarray((images[1, 0].numpy() * 65535).round().astype(np.uint16)).save(folder / "deep.png")
+    res = advsal("detect", "--guard", guard_dir, "--images", folder)
+    assert res.returncode == 0 and "skipped deep.png: I;16" in res.stdout and "scored 1 inputs" in res.stdout
+    assert "uncalibrated" in res.stdout
+    (folder / "ok.png").unlink()
+    res = advsal("detect", "--guard", guard_dir, "--images", folder)
+    assert res.returncode == 2 and "no readable images" in res.stderr
+    (tmp_path / "bad.npz").write_bytes(b"PK\x03\x04 not a zip")
+    res = advsal("detect", "--guard", guard_dir, "--images", tmp_path / "bad.npz")
+    assert res.returncode == 2 and "not a readable .npz" in res.stderr
+    (tmp_path / "r.csv").mkdir()
+    res = advsal("detect", "--guard", guard_dir, "--images", folder, "--out", tmp_path / "r.csv")
+    assert res.returncode == 2 and "is a folder" in res.stderr  # said before scoring, not after
+    (guard_dir / f"{CLASSIFIER_FILE}.safetensors").unlink()
+    res = advsal("detect", "--guard", guard_dir, "--images", folder)
+    assert res.returncode == 2 and "pass the model" in res.stderr
 
 
 def test_guarded_model_runs_under_torchattacks(model, detector, images):

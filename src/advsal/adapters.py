@@ -58,6 +58,9 @@ class GuardedModel(nn.Module):
         model = inner if model is None else model
         if not isinstance(model, nn.Module):
             raise AdapterError(f"model must be an nn.Module, got {type(model).__name__}")
+        if model is not inner:  # the detector reads its own classifier's saliency; Guard refuses this too
+            raise AdapterError("the detector was built for another classifier; pass the model it was built for, "
+                               "or no model (GuardedModel(detector=...) takes the detector's own)")
         self.model = model
         object.__setattr__(self, "detector", det)  # referenced, so its parameters are not this module's
 
@@ -97,6 +100,7 @@ def _art_class() -> type:
         def __init__(self, guard_or_detector: Any, channels_first: bool = True):
             super().__init__()
             self.model, self.detector = _detector_of(guard_or_detector)
+            self._guard = guard_or_detector if hasattr(guard_or_detector, "calibration_") else None
             self.channels_first = channels_first
             self._check_params()
 
@@ -109,7 +113,7 @@ def _art_class() -> type:
             xt = _to_tensor(x, self.channels_first)
             yy = np.asarray(y)
             if yy.ndim == 2:
-                yy = yy.argmax(1)
+                yy = yy.argmax(1) if yy.shape[1] == 2 else yy.ravel()  # one-hot (N, 2), or a column (N, 1)
             if yy.shape != (len(xt),) or not np.isin(yy, (0, 1)).all():
                 raise AdapterError("y must hold one label per image: 0 (clean) or 1 (adversarial), or one-hot (N, 2)")
             mask = torch.as_tensor(yy == 1)
@@ -119,6 +123,8 @@ def _art_class() -> type:
             if "batch_size" in _fit_parameters(self.detector):
                 options.setdefault("batch_size", batch_size)
             self.detector.fit(xt[~mask], xt[mask], **options)
+            if self._guard is not None:  # its threshold was calibrated for the detector before this fit
+                self._guard.calibration_ = None
 
         def detect(self, x: np.ndarray, batch_size: int = 128, **kwargs: Any) -> tuple[dict, np.ndarray]:
             xt = _to_tensor(x, self.channels_first)

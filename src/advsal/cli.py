@@ -476,9 +476,14 @@ def data_fetch(
 
 
 # ------------------------------------------------------------------------------------------------ guards
+#: Pillow modes whose pixels are not 8-bit: 16-bit and 32-bit integers, 32-bit floats.
+HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
 def _guard_inputs(images: Path, channels: int, size: int):
     """(x, names, skipped) from an image folder (every file, sorted; PNG/JPEG/… resized to size×size) or an
     .npz array (``x``, ``x_adv`` or its only array; NCHW or NHWC, float in [0, 1] or uint8)."""
+    import zipfile
+
     import numpy as np
     import torch
 
@@ -490,7 +495,7 @@ def _guard_inputs(images: Path, channels: int, size: int):
                 if len(keys) != 1:
                     raise CLIError(f"{images}: holds arrays {', '.join(f.files) or 'none'}; name the images 'x'")
                 arr = f[keys[0]]
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, zipfile.BadZipFile) as exc:
             raise CLIError(f"{images}: not a readable .npz file ({exc})") from None
         if arr.ndim == 3:
             arr = arr[:, None] if channels == 1 else arr
@@ -503,6 +508,8 @@ def _guard_inputs(images: Path, channels: int, size: int):
         if tuple(x.shape[1:]) != (channels, size, size):
             raise CLIError(f"{images}: images of shape {tuple(x.shape[1:])}, the model takes "
                            f"({channels}, {size}, {size})")
+        if len(x) == 0:
+            raise CLIError(f"{images}: holds no images")
         if not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1:
             raise CLIError(f"{images}: pixel values must be finite and in [0, 1] (or uint8 0..255)")
         return x, [str(i) for i in range(len(x))], []
@@ -515,6 +522,10 @@ def _guard_inputs(images: Path, channels: int, size: int):
     for f in sorted(p for p in images.rglob("*") if p.is_file()):
         try:
             with Image.open(f) as im:
+                if im.mode in HIGH_DEPTH_MODES:  # convert() would clip them to 0 or 255, silently
+                    skipped.append((str(f.relative_to(images)), f"{im.mode} image (16-bit or float): save it as "
+                                    "8-bit, or pass the images as an .npz of floats in [0, 1]"))
+                    continue
                 arr = np.asarray(im.convert(mode).resize((size, size), Image.BILINEAR), dtype=np.uint8)
         except UnidentifiedImageError:
             skipped.append((str(f.relative_to(images)), "not an image"))
@@ -543,21 +554,24 @@ def export(
     quiet: Quiet = False,
 ) -> None:
     """Export a detector trained by a study run as a guard directory (`advsal detect --guard OUT`)."""
-    from .detection.guard import CLASSIFIER_FILE, Guard
-    from .detection.io import run_classifier, run_detector
-    from .models import load_model, save_model
+    from .detection.guard import DETECTOR_FILE, Guard
+    from .detection.io import check_run_classifier, run_classifier, run_detector
+    from .models import load_model
     from .studies.detection.registry import DETECTOR_SPECS, MAIN_DETECTOR
 
     set_quiet(quiet)
     if not run_dir.is_dir():
         raise CLIError(f"{run_dir} is not a run directory; run `advsal run detection --name NAME` first")
+    if (out / f"{DETECTOR_FILE}.json").is_file():
+        raise CLIError(f"--out {out} already holds a guard (and perhaps its calibration); remove it or choose "
+                       "another --out")
     net = load_model(model) if model is not None else run_classifier(run_dir)
+    if model is not None:
+        check_run_classifier(run_dir, net)
     det, payload = run_detector(run_dir, detector, net, main=MAIN_DETECTOR, kinds=tuple(DETECTOR_SPECS))
     det.threshold = float(payload.get("threshold", det.threshold))
     guard = Guard(net, det, fpr=fpr)
-    guard.save(out)
-    if model is None:
-        save_model(net, out / CLASSIFIER_FILE, exported_from=str(run_dir))
+    guard.save(out, classifier_meta=None if model is not None else {"exported_from": str(run_dir)})
     _log_line(f"exported {detector} ({type(det).__name__}) from {run_dir} to {out} (threshold "
               f"{guard.threshold:.4g}; calibrate it on clean images with Guard.calibrate)")
 
@@ -586,12 +600,16 @@ def detect(
     set_quiet(quiet)
     if out is not None and out.suffix not in (".csv", ".json"):
         raise CLIError(f"--out {out}: use a .csv or .json file name")
+    if out is not None:
+        _check_out_file(out)  # before the scoring, not after it
     if batch_size < 1:
         raise CLIError(f"--batch-size must be positive, got {batch_size}")
     from .detection.guard import CLASSIFIER_FILE
 
     if not guard.is_dir():
         raise CLIError(f"--guard {guard}: not a guard directory; write one with `advsal export`")
+    if model is None and not (guard / f"{CLASSIFIER_FILE}.safetensors").is_file():
+        raise CLIError(f"--guard {guard} holds no classifier; pass the model the guard was made for with --model")
     net = load_model(model if model is not None else guard / CLASSIFIER_FILE, device=resolve_device(device or "auto"))
     g = Guard.load(guard, net)
     g.batch_size = batch_size
@@ -600,6 +618,9 @@ def detect(
     if channels is None or size is None:
         raise CLIError("the guard's classifier does not record its input shape (in_channels, input_size)")
     x, names, skipped = _guard_inputs(images, int(channels), int(size))
+    if len(x) == 0:
+        raise CLIError(f"--images {images}: no readable images ({len(skipped)} file(s) skipped"
+                       + (f", first: {skipped[0][0]}: {skipped[0][1]}" if skipped else "") + ")")
     result = g(x)
     rows = [{"input": n, "prediction": int(p), "score": float(s), "flagged": bool(f)}
             for n, p, s, f in zip(names, result.predictions.tolist(), result.scores.tolist(),
@@ -619,8 +640,9 @@ def detect(
         _log_line(f"skipped {name}: {reason}")
     flagged = sum(r["flagged"] for r in rows)
     share = f" ({flagged / len(rows):.1%})" if rows else ""
+    calibrated = "" if g.is_calibrated else " (uncalibrated: the exported default; calibrate with Guard.calibrate)"
     _log_line(f"scored {len(rows)} inputs: {flagged} flagged{share}, {len(rows) - flagged} accepted; threshold "
-              f"{g.threshold:.4g}; {len(skipped)} skipped" + (f"; wrote {out}" if out is not None else ""))
+              f"{g.threshold:.4g}{calibrated}; {len(skipped)} skipped" + (f"; wrote {out}" if out is not None else ""))
 
 
 def main() -> None:

@@ -14,6 +14,9 @@ F's forward + backward + D — with exactly the scores ``detector.score`` gives.
 from __future__ import annotations
 
 import json
+import math
+import os
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -140,7 +143,7 @@ class Guard:
         """Predictions, detector scores and the reject flag for images ``x`` (N, C, H, W) in [0, 1]."""
         pred, s = self.scores(x)
         t = self.threshold
-        return GuardResult(pred, s, s > t, t)
+        return GuardResult(pred, s, ~(s <= t), t)  # a NaN score is flagged: the guard fails closed
 
     # -- calibration --
     def calibrate(self, x_clean: Tensor, fpr: float | None = None) -> Calibration:
@@ -156,8 +159,8 @@ class Guard:
         _, s = self.scores(x_clean)
         t = threshold_at_fpr(s, self.fpr)
         self.detector.threshold = t
-        robust = self.calibration_.robust if self.calibration_ is not None else {}
-        self.calibration_ = Calibration(self.fpr, float(t), int((s > t).sum()) / len(s), len(x_clean), robust)
+        # robustness numbers attached earlier were measured at the old threshold: they do not carry over
+        self.calibration_ = Calibration(self.fpr, float(t), int((s > t).sum()) / len(s), len(x_clean))
         return self.calibration_
 
     def attach_robustness(self, result: Any = None, *, name: str | None = None, **numbers: Any) -> None:
@@ -180,14 +183,35 @@ class Guard:
                 "calibration": self.calibration_.to_dict() if self.calibration_ is not None else None}
 
     # -- files --
-    def save(self, directory: str | Path) -> Path:
+    def save(self, directory: str | Path, classifier_meta: dict[str, Any] | None = None) -> Path:
         """Write the detector (``detector.safetensors`` + ``detector.json``, with the classifier's hash and the
-        calibration) and ``guard.json`` into ``directory``; returns the directory."""
+        calibration), ``guard.json`` and, with ``classifier_meta`` (recorded beside it), the classifier into
+        ``directory``; returns the directory. All files are written into a sibling folder first, which then
+        replaces ``directory`` whole: a crash leaves the old guard or the new one, never a mix."""
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        save_detector(self.detector, directory / DETECTOR_FILE, self.model,
-                      calibration=self.calibration_.to_dict() if self.calibration_ is not None else None)
-        write_json(directory / GUARD_FILE, {"fpr": self.fpr, "batch_size": self.batch_size})
+        if directory.exists() and not directory.is_dir():
+            raise GuardError(f"{directory} is a file; the guard needs a directory")
+        partial = directory.with_name(f"{directory.name}.partial-{os.getpid()}")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        try:
+            save_detector(self.detector, partial / DETECTOR_FILE, self.model,
+                          calibration=self.calibration_.to_dict() if self.calibration_ is not None else None)
+            write_json(partial / GUARD_FILE, {"fpr": self.fpr, "batch_size": self.batch_size})
+            if classifier_meta is not None:
+                from ..models.io import save_model
+
+                save_model(self.model, partial / CLASSIFIER_FILE, **classifier_meta)
+            old = directory.with_name(f"{directory.name}.old-{os.getpid()}")
+            if directory.exists():
+                for f in directory.iterdir():  # what this save does not write (e.g. the classifier) stays
+                    if f.is_file() and not (partial / f.name).exists():
+                        shutil.copy2(f, partial / f.name)
+                directory.rename(old)
+            partial.rename(directory)
+            shutil.rmtree(old, ignore_errors=True)
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
         return directory
 
     @classmethod
@@ -206,18 +230,49 @@ class Guard:
             model = load_model(directory / CLASSIFIER_FILE)
         info = read_detector_info(directory / DETECTOR_FILE)
         detector = load_detector(directory / DETECTOR_FILE, model)
-        settings: dict[str, Any] = {}
-        if (directory / GUARD_FILE).is_file():
-            try:
-                settings = json.loads((directory / GUARD_FILE).read_text())
-            except json.JSONDecodeError as exc:
-                raise DetectorFileError(f"{directory / GUARD_FILE}: corrupt ({exc}); save the guard again") from None
-        cal = info.get("calibration")
-        guard = cls(model, detector, fpr=settings.get("fpr", cal["fpr_target"] if cal else 0.05),
-                    batch_size=int(settings.get("batch_size", 256)))
-        if cal:
-            guard.calibration_ = Calibration(**cal)
+        calibration = _calibration(info, directory / DETECTOR_FILE)
+        settings = _settings(directory / GUARD_FILE, calibration)
+        guard = cls(model, detector, fpr=settings.get("fpr", calibration.fpr_target if calibration else 0.05),
+                    batch_size=settings.get("batch_size", 256))
+        guard.calibration_ = calibration
         return guard
+
+
+def _calibration(info: dict[str, Any], where: Path) -> Calibration | None:
+    """The sidecar's calibration, checked to be one and to hold the sidecar's own threshold (the checksum covers
+    only the tensors: an edited threshold must not pass as calibrated)."""
+    cal = info.get("calibration")
+    if cal is None:
+        return None
+    try:
+        calibration = Calibration(**cal)
+        consistent = float(calibration.threshold) == float(info["threshold"])
+    except (TypeError, ValueError) as exc:
+        raise DetectorFileError(f"{where}: malformed calibration ({exc}); export and calibrate the guard "
+                                "again") from None
+    if not consistent:
+        raise DetectorFileError(f"{where}: the threshold {info['threshold']} differs from the calibrated "
+                                f"{calibration.threshold} (edited?); calibrate the guard again")
+    return calibration
+
+
+def _settings(path: Path, calibration: Calibration | None) -> dict[str, Any]:
+    """``guard.json`` (fpr, batch_size), checked; {} when absent."""
+    if not path.is_file():
+        return {}
+    try:
+        settings = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DetectorFileError(f"{path}: corrupt ({exc}); save the guard again") from None
+    fpr, batch = (settings.get("fpr"), settings.get("batch_size")) if isinstance(settings, dict) else (None, None)
+    if not isinstance(settings, dict) or not isinstance(batch, int) or batch < 1 or \
+            not isinstance(fpr, (int, float)) or not 0 <= fpr <= 1:
+        raise DetectorFileError(f"{path}: not guard settings (an fpr in [0, 1] and a positive batch_size); save "
+                                "the guard again")
+    if calibration is not None and not math.isclose(fpr, calibration.fpr_target):
+        raise DetectorFileError(f"{path}: fpr {fpr} differs from the calibration's {calibration.fpr_target} "
+                                "(edited?); calibrate the guard again")
+    return settings
 
 
 __all__ = ["CLASSIFIER_FILE", "Calibration", "DETECTOR_FILE", "Guard", "GuardError", "GuardResult"]

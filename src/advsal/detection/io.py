@@ -162,6 +162,15 @@ def read_detector_info(path: str | Path) -> dict[str, Any]:
     if info["format"] != FORMAT:
         raise DetectorFileError(f"{sidecar}: detector format {info['format']} (this advsal reads {FORMAT}); "
                                 "export it with this advsal version")
+    shape = info.get("feature_shape")
+    wrong = [name for name, ok in (
+        ("kind", isinstance(info["kind"], str)), ("params", isinstance(info["params"], dict)),
+        ("threshold", isinstance(info["threshold"], (int, float)) and not isinstance(info["threshold"], bool)
+         and info["threshold"] == info["threshold"]),
+        ("feature_shape", shape is None or (isinstance(shape, list) and all(isinstance(v, int) for v in shape))),
+        ("calibration", info.get("calibration") is None or isinstance(info["calibration"], dict))) if not ok]
+    if wrong:
+        raise DetectorFileError(f"{sidecar}: malformed {', '.join(wrong)} (edited?); export the detector again")
     return info
 
 
@@ -295,6 +304,18 @@ def run_classifier(run_dir: str | Path) -> nn.Module:
                         None if std is None else std.flatten().tolist())
     model.load_state_dict(state, strict=True)
     return model.eval()
+
+
+def check_run_classifier(run_dir: str | Path, classifier: nn.Module) -> None:
+    """Refuse a classifier other than the one the run's detectors were trained for (they read its saliency):
+    a classifier the user brought is compared with the content hash the run recorded, a zoo model the run
+    trained with the one rebuilt from its stage."""
+    info = _run_results(Path(run_dir)).get("classifier") or {}
+    want = info.get("fingerprint") if info.get("given") else fingerprint(run_classifier(run_dir))
+    have = fingerprint(classifier)
+    if have != want:
+        raise DetectorFileError(f"the given classifier's hash is {have}, but the detectors of {run_dir} were "
+                                f"trained for classifier {want}; pass the model the run used")
 
 
 def run_detector_names(run_dir: str | Path, main: str = "image+saliency",
