@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from advsal.data import DataError, ImageSet, deplete_class, load_dataset, stratified_split, subset
+from advsal.data.loaders import read_image_folder
 
 
 def idx_bytes(arr: np.ndarray) -> bytes:
@@ -106,7 +107,7 @@ def write_cifar(root, n=8, rng=None):
     rng = rng or np.random.default_rng(1)
     root.mkdir(parents=True, exist_ok=True)
     batches = {}
-    for name in ("data_batch_1", "data_batch_2", "test_batch"):
+    for name in (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch"):  # the real folder's files
         d = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"labels": list(rng.integers(0, 10, n))}
         d[b"labels"] = [int(v) for v in d[b"labels"]]
         (root / name).write_bytes(pickle.dumps(d))
@@ -117,10 +118,38 @@ def write_cifar(root, n=8, rng=None):
 def test_cifar_batches(tmp_path):
     batches = write_cifar(tmp_path / "cifar-10-batches-py")
     train, test = load_dataset("cifar10", root=tmp_path)  # parent folder is accepted too
-    assert train.x.shape == (16, 3, 32, 32) and test.x.shape == (8, 3, 32, 32)
+    assert train.x.shape == (40, 3, 32, 32) and test.x.shape == (8, 3, 32, 32)
     first = batches["data_batch_1"][b"data"][0].reshape(3, 32, 32)
     np.testing.assert_allclose(train.x[0].numpy() * 255, first, atol=1e-3)
     assert train.classes[3] == "cat"
+    (tmp_path / "cifar-10-batches-py" / "data_batch_4").unlink()  # a half-unpacked archive is not a smaller CIFAR
+    with pytest.raises(DataError, match="missing data_batch_4"):
+        load_dataset("cifar10", root=tmp_path)
+
+
+def test_inputs_that_would_load_wrong_are_refused(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "folder"
+    for cls in ("a", "b", ".ipynb_checkpoints"):
+        (root / cls).mkdir(parents=True)
+        Image.fromarray(np.full((8, 8), 40, np.uint8)).save(root / cls / "x.png")
+    data = read_image_folder(root, 8, 1, "f")
+    assert data.classes == ["a", "b"]  # a hidden folder is not a class
+    Image.fromarray(np.full((8, 8), 4000, np.uint16)).save(root / "a" / "deep.png")
+    with pytest.raises(DataError, match="I;16 image"):  # Pillow's convert would clip it to 255
+        read_image_folder(root, 8, 1, "f")
+    with pytest.raises(DataError, match="channels"):
+        read_image_folder(root, 8, 4, "f")
+    for arrays, message in [
+        ({"x": np.zeros((4, 8, 8, 4), np.float32), "y": np.zeros(4, int)}, "1 or 3 channels"),  # RGBA
+        ({"x": np.zeros((4, 8, 8), np.float32), "y": np.array(list("abcd"))}, "must be integers"),
+        ({"x_train": np.zeros((4, 8, 8), np.float32), "y_train": np.zeros(4, int),
+          "x_test": np.zeros((2, 3, 16, 16), np.float32), "y_test": np.zeros(2, int)}, "one shape"),
+    ]:
+        np.savez(tmp_path / "d.npz", **arrays)
+        with pytest.raises(DataError, match=message):
+            load_dataset("npz", root=tmp_path / "d.npz")
 
 
 def test_cifar_refuses_foreign_pickle(tmp_path):

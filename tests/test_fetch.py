@@ -172,6 +172,17 @@ def test_a_corrupt_archive_is_rejected_and_nothing_half_written_stays(server, ca
         load_dataset("mnist")
 
 
+def test_a_bad_mirror_falls_back_to_the_next_url(server, cache, monkeypatch):
+    files = mnist_files(np.random.default_rng(4))
+    good = server.serve("mnist-good", files)
+    server.serve("mnist-junk", {f: b"<html>captive portal</html>" for f in files})
+    both = RemoteDataset("mnist", tuple(Remote(r.filename, r.md5, (f"{server.url}/mnist-junk/{r.filename}",
+                                                                  *r.urls)) for r in good.files))
+    monkeypatch.setitem(fetch_module.SOURCES, "mnist", both)
+    folder = fetch("mnist")  # the first URL's bytes fail the checksum; the second URL's are kept
+    assert (folder / "train-images-idx3-ubyte.gz").read_bytes() == files["train-images-idx3-ubyte.gz"]
+
+
 def test_no_network_names_the_files_and_the_folder_to_place_them_in(cache, monkeypatch):
     dead = RemoteDataset("fashion-mnist", tuple(Remote(f, "0" * 32, (f"http://127.0.0.1:9/{f}",))
                                                 for f in MNIST_FILES))

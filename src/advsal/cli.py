@@ -476,9 +476,6 @@ def data_fetch(
 
 
 # ------------------------------------------------------------------------------------------------ guards
-#: Pillow modes whose pixels are not 8-bit: 16-bit and 32-bit integers, 32-bit floats.
-HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
-
 def _guard_inputs(images: Path, channels: int, size: int):
     """(x, names, skipped) from an image folder (every file, sorted; PNG/JPEG/… resized to size×size) or an
     .npz array (``x``, ``x_adv`` or its only array; NCHW or NHWC, float in [0, 1] or uint8)."""
@@ -516,6 +513,8 @@ def _guard_inputs(images: Path, channels: int, size: int):
     if not images.is_dir():
         raise CLIError(f"--images {images}: not a folder of images or an .npz file")
     from PIL import Image, UnidentifiedImageError
+
+    from .data.loaders import HIGH_DEPTH_MODES
 
     mode = "L" if channels == 1 else "RGB"
     arrays, names, skipped = [], [], []

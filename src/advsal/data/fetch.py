@@ -155,11 +155,17 @@ def _download(client, remote: Remote, folder: Path, source: RemoteDataset,
             except httpx.TransportError as exc:
                 errors[url] = f"{url}: {type(exc).__name__}"
                 continue  # interrupted or unreachable: resume from the partial file
+            except httpx.RequestError as exc:  # e.g. a redirect loop: this URL will not do
+                errors[url] = f"{url}: {type(exc).__name__}"
+                break
+            except OSError as exc:  # the cache folder is read-only or full
+                raise DataError(f"cannot write {part} ({exc.strerror}); set ADVSAL_DATA or --dir to a writable "
+                                "folder with room for the download") from None
             digest = _md5(part)
-            if digest != remote.md5:
+            if digest != remote.md5:  # a bad mirror or a captive portal's page: try the next URL
                 part.unlink(missing_ok=True)
-                raise DataError(f"{url}: checksum mismatch (MD5 {digest}, expected {remote.md5}); the download "
-                                "was deleted — run again, or fetch the file by hand and check its MD5")
+                errors[url] = f"{url}: checksum mismatch (MD5 {digest}, expected {remote.md5}; deleted)"
+                break
             os.replace(part, folder / remote.filename)
             return
     raise DataError(f"cannot download {remote.filename} ({'; '.join(errors.values())}); no network? "
@@ -169,7 +175,8 @@ def _download(client, remote: Remote, folder: Path, source: RemoteDataset,
 def _transfer(client, url: str, part: Path, filename: str,
               on_progress: Callable[[str, int, int | None], None] | None) -> None:
     have = part.stat().st_size if part.is_file() else 0
-    headers = {"Range": f"bytes={have}-"} if have else {}
+    # identity: the file's own bytes (the checksum is of them), never a transfer-decoded version
+    headers = {"Accept-Encoding": "identity", **({"Range": f"bytes={have}-"} if have else {})}
     with client.stream("GET", url, headers=headers) as response:
         if response.status_code == 416 and have:  # the partial file is already whole: let the checksum decide
             return
@@ -179,7 +186,7 @@ def _transfer(client, url: str, part: Path, filename: str,
         total = (int(length) + (have if resumed else 0)) if length is not None else None
         done = have if resumed else 0
         with part.open("ab" if resumed else "wb") as f:
-            for block in response.iter_bytes():  # as received: an interruption keeps every byte so far
+            for block in response.iter_raw():  # as received: an interruption keeps every byte so far
                 f.write(block)
                 done += len(block)
                 if on_progress is not None:

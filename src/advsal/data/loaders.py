@@ -179,9 +179,10 @@ def load_cifar10(root: str | Path | None = None, seed: int = 0) -> tuple[ImageSe
     root = Path(root)
     if (root / "cifar-10-batches-py").is_dir():
         root = root / "cifar-10-batches-py"
-    train_files = sorted(root.glob("data_batch_*"))
-    if not train_files or not (root / "test_batch").is_file():
-        raise DataError(f"{root}: expected {expected}")
+    train_files = [root / f"data_batch_{i}" for i in range(1, 6)]
+    missing = [p.name for p in (*train_files, root / "test_batch") if not p.is_file()]
+    if missing:  # a half-unpacked archive must not load as a smaller CIFAR-10
+        raise DataError(f"{root}: missing {', '.join(missing)}; expected {expected}")
     parts = [_read_cifar_batch(p) for p in train_files]
     xtr, ytr = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
     xte, yte = _read_cifar_batch(root / "test_batch")
@@ -191,12 +192,20 @@ def load_cifar10(root: str | Path | None = None, seed: int = 0) -> tuple[ImageSe
 
 # --- image folders ---------------------------------------------------------------------------------------------------
 
+#: Pillow modes whose pixels are not 8-bit (16- and 32-bit integers, 32-bit floats): Pillow's convert() to "L" or
+#: "RGB" clips them to 0 or 255, so they are refused instead of read wrong.
+HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
 def read_image_folder(root: Path, size: int, channels: int, name: str,
                       classes: list[str] | None = None) -> ImageSet:
     """Class sub-folders of image files → ImageSet, each image resized to size×size."""
     from PIL import Image, UnidentifiedImageError
 
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir())
+    if channels not in (1, 3):
+        raise DataError(f"channels must be 1 (grey) or 3 (RGB), got {channels!r}")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise DataError(f"size must be a positive number of pixels, got {size!r}")
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))  # .git, checkpoints
     if classes is None:
         classes = [p.name for p in class_dirs]
     if not classes:
@@ -219,6 +228,9 @@ def read_image_folder(root: Path, size: int, channels: int, name: str,
                 continue
             try:
                 with Image.open(f) as im:
+                    if im.mode in HIGH_DEPTH_MODES:  # convert() would clip them to 0 or 255, silently
+                        raise DataError(f"{f}: a {im.mode} image (16-bit or float); save it as 8-bit, or pass the "
+                                        "images as an .npz of floats in [0, 1]")
                     im = im.convert(mode).resize((size, size), Image.BILINEAR)
                     arr = np.asarray(im, dtype=np.uint8)
             except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
@@ -265,6 +277,9 @@ def _npz_images(x: np.ndarray, path: Path, key: str) -> np.ndarray:
         raise DataError(f"{path}: '{key}' must have 3 (NHW) or 4 (NCHW/NHWC) dimensions, got shape {x.shape}")
     if x.shape[1] not in (1, 3) and x.shape[3] in (1, 3):
         x = x.transpose(0, 3, 1, 2)
+    if x.shape[1] not in (1, 3):
+        raise DataError(f"{path}: '{key}' must hold grey or RGB images (NCHW or NHWC with 1 or 3 channels), got "
+                        f"shape {x.shape}")
     if x.dtype != np.uint8:
         x = x.astype(np.float32)
     return np.ascontiguousarray(x)
@@ -285,8 +300,15 @@ def load_npz(root: str | Path | None = None, seed: int = 0) -> tuple[ImageSet, I
     labels = [a for a in ("y", "y_train", "y_test") if a in arrays]
     if not labels:
         raise DataError(f"{path}: needs arrays x and y (or x_train/y_train/x_test/y_test); found {sorted(arrays)}")
+    not_int = [a for a in labels if not np.issubdtype(arrays[a].dtype, np.integer)]
+    if not_int:
+        raise DataError(f"{path}: labels {', '.join(not_int)} must be integers, got "
+                        f"{', '.join(str(arrays[a].dtype) for a in not_int)}")
     all_y = np.concatenate([arrays[a].reshape(-1) for a in labels])
     if "classes" in arrays:
+        if arrays["classes"].ndim != 1:
+            raise DataError(f"{path}: 'classes' must be a 1-D array of class names, got shape "
+                            f"{arrays['classes'].shape}")
         classes = [str(c) for c in arrays["classes"]]
     else:
         classes = [str(i) for i in range(int(all_y.max()) + 1)] if all_y.size else []
@@ -301,7 +323,11 @@ def load_npz(root: str | Path | None = None, seed: int = 0) -> tuple[ImageSet, I
 
     stem = path.stem
     if "x_train" in arrays:
-        return make("x_train", "y_train", f"{stem}-train"), make("x_test", "y_test", f"{stem}-test")
+        train, test = make("x_train", "y_train", f"{stem}-train"), make("x_test", "y_test", f"{stem}-test")
+        if train.x.shape[1:] != test.x.shape[1:] or not len(test):
+            raise DataError(f"{path}: x_train and x_test must hold images of one shape and x_test at least one; got "
+                            f"{tuple(train.x.shape)} and {tuple(test.x.shape)}")
+        return train, test
     return stratified_split(make("x", "y", stem), 0.2, seed, (f"{stem}-train", f"{stem}-test"))
 
 
