@@ -131,7 +131,8 @@ def test_mnist_downloads_verifies_and_loads_then_serves_from_the_cache_offline(s
     expected = np.frombuffer(gzip.decompress(files["t10k-images-idx3-ubyte.gz"])[16:], np.uint8)
     assert np.allclose(test.x.numpy().ravel(), expected / 255.0)
     # cached: no network needed, with or without download (the URLs now point nowhere)
-    dead = RemoteDataset("mnist", tuple(Remote(f, "0" * 32, ("http://127.0.0.1:9/x",)) for f in MNIST_FILES))
+    dead = RemoteDataset("mnist", tuple(Remote(f, hashlib.md5(files[f]).hexdigest(), ("http://127.0.0.1:9/x",))
+                                        for f in MNIST_FILES))
     monkeypatch.setitem(fetch_module.SOURCES, "mnist", dead)
     assert len(load_dataset("mnist", download=True)[0]) == 20 and len(load_dataset("mnist")[1]) == 10
 
@@ -181,6 +182,9 @@ def test_a_bad_mirror_falls_back_to_the_next_url(server, cache, monkeypatch):
     monkeypatch.setitem(fetch_module.SOURCES, "mnist", both)
     folder = fetch("mnist")  # the first URL's bytes fail the checksum; the second URL's are kept
     assert (folder / "train-images-idx3-ubyte.gz").read_bytes() == files["train-images-idx3-ubyte.gz"]
+    (folder / "t10k-labels-idx1-ubyte.gz").write_bytes(b"")  # damaged in the cache: fetched again, not trusted
+    fetch("mnist")
+    assert (folder / "t10k-labels-idx1-ubyte.gz").read_bytes() == files["t10k-labels-idx1-ubyte.gz"]
 
 
 def test_no_network_names_the_files_and_the_folder_to_place_them_in(cache, monkeypatch):

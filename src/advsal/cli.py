@@ -455,8 +455,8 @@ def data_fetch(
     if name not in SOURCES:
         raise CLIError(f"cannot fetch {name!r}; fetchable: {', '.join(SOURCES)}")
     if is_cached(name, dir):
-        folder = fetch(name, dir)
-        _log_line(f"{name}: already in {folder}")
+        folder = fetch(name, dir)  # checks the cached files' MD5s; a bad one is fetched again
+        _log_line(f"{name}: already in {folder} (checked)")
         return
     bars: dict[str, Bar] = {}
     shown: dict[str, int] = {}

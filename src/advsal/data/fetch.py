@@ -98,6 +98,10 @@ def fetch(name: str, directory: str | Path | None = None, *,
     MD5; the partial file is deleted) or when no URL can be reached (naming the files and the folder to place
     them in by hand)."""
     source, folder = _source(name), dataset_dir(name, directory)
+    for remote in source.files:  # a file placed by hand (or damaged since) is checked, not trusted by its name
+        path = folder / remote.filename
+        if path.is_file() and _md5(path) != remote.md5:
+            path.unlink()
     if is_cached(name, folder):
         return folder
     try:
