@@ -259,6 +259,10 @@ def test_recalibration_and_nan_scores(tmp_path, model, detector, images):
     guard.calibrate(images[:64])
     guard.attach_robustness(tpr_bim=0.9)
     assert guard.calibrate(images[:64], fpr=0.5).robust == {}  # measured at the old threshold: dropped
+    guard.detector.threshold = 0.99
+    with pytest.raises(ValueError, match="changed to 0.99 after calibration"):  # said when saving, not loading
+        guard.save(tmp_path / "stale")
+    guard.calibrate(images[:64])
     guard.save(tmp_path / "g", classifier_meta={})
     guard.save(tmp_path / "g")  # a save without the classifier keeps the one already there
     assert (tmp_path / "g" / f"{CLASSIFIER_FILE}.safetensors").is_file()

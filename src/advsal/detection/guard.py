@@ -191,6 +191,10 @@ class Guard:
         directory = Path(directory)
         if directory.exists() and not directory.is_dir():
             raise GuardError(f"{directory} is a file; the guard needs a directory")
+        if self.calibration_ is not None and self.calibration_.threshold != self.threshold:
+            raise GuardError(f"the threshold was changed to {self.threshold:g} after calibration (calibrated: "
+                             f"{self.calibration_.threshold:g}); calibrate again, or drop the calibration "
+                             "(guard.calibration_ = None) to save an uncalibrated threshold")
         partial = directory.with_name(f"{directory.name}.partial-{os.getpid()}")
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
@@ -208,7 +212,12 @@ class Guard:
                     if f.is_file() and not (partial / f.name).exists():
                         shutil.copy2(f, partial / f.name)
                 directory.rename(old)
-            partial.rename(directory)
+            try:
+                partial.rename(directory)
+            except OSError:
+                if old.exists():
+                    old.rename(directory)  # the old guard back in place
+                raise
             shutil.rmtree(old, ignore_errors=True)
         finally:
             shutil.rmtree(partial, ignore_errors=True)
