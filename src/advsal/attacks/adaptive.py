@@ -34,7 +34,15 @@ from ..detection.protocol import Detector, SaliencyInputDetector
 from ..errors import InputError
 from ..progress import Bar, is_quiet
 from ..tensors import ReLUReplacementMode, check_images, check_labels, frozen, model_device
-from .base import Attack, AttackResult, Reporting, check_nonnegative, check_positive_int, perturbation_norms
+from .base import (
+    Attack,
+    AttackResult,
+    Reporting,
+    check_model,
+    check_nonnegative,
+    check_positive_int,
+    perturbation_norms,
+)
 from .gradient import loss_gradient
 
 
@@ -135,10 +143,7 @@ def _check_detector(detector: object) -> None:
 
 def check_pair_inputs(classifier: nn.Module, x: Tensor, y: Tensor | None) -> Tensor:
     """Validate an attack's (classifier, x, y) as ``Attack`` does for untargeted attacks; returns the labels
-    (the classifier's predictions when ``y`` is None). Call with the classifier frozen."""
-    if not isinstance(classifier, nn.Module):
-        raise InputError("classifier must be a torch nn.Module mapping images to logits, got "
-                         f"{type(classifier).__name__}")
+    (the classifier's predictions when ``y`` is None). Call with the classifier frozen (after ``check_model``)."""
     check_images(x)
     if x.shape[0] == 0:
         raise InputError("x is an empty batch; pass at least one image")
@@ -206,6 +211,7 @@ class AdaptiveAttack(Reporting):
     def __call__(self, classifier: nn.Module, detector: Detector, x: Tensor,
                  y: Tensor | None = None) -> AdaptiveResult:
         _check_detector(detector)
+        check_model(classifier)
         with frozen(classifier), _frozen_detector(detector), torch.enable_grad():
             y = check_pair_inputs(classifier, x, y)
             device = model_device(classifier)
