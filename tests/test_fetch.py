@@ -145,6 +145,7 @@ def test_cifar10_archive_is_verified_unpacked_and_loaded(server, cache, monkeypa
     assert (len(train), len(test)) == (20, 3) and train.x.shape[1:] == (3, 32, 32)
     assert test.y.tolist() == [3, 1, 4]
     assert not [p for p in (cache / "cifar10").iterdir() if p.name.startswith(".")]  # no temporary folders
+    assert (cache / "cifar10" / "cifar-10-batches-py").stat().st_mode & 0o777 == 0o755  # readable in a shared cache
 
 
 def test_an_interrupted_download_resumes_with_a_range_request(server, cache, monkeypatch):

@@ -213,6 +213,7 @@ def _unpack(archive: Path, folder: Path, top: str) -> None:
                 source = tar.extractfile(member)
                 with (tmp / parts[1]).open("wb") as out:
                     shutil.copyfileobj(source, out)
+        tmp.chmod(0o755)  # mkdtemp's 0700 would hide a shared cache's dataset from its other users
         os.replace(tmp, folder / top)
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise DataError(f"{archive}: cannot unpack ({exc}); delete it and fetch again") from None
