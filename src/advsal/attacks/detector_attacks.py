@@ -55,10 +55,9 @@ from .adaptive import (
     evaluate_pair,
 )
 from .apgd import StepSizeSchedule
-from .base import check_nonnegative, check_positive_int
+from .base import NORMS, check_nonnegative, check_norm, check_positive_int, check_seed
 from .gradient import _l2_normalise
 
-NORMS = ("linf", "l2")
 MODES = ("combined", "selective", "orthogonal")
 SCHEDULES = ("apgd", "fixed")
 _TINY = 1e-12
@@ -169,8 +168,7 @@ class DetectorPGD(AdaptiveAttack):
                  warm: bool = False, normalize: bool = False, batch_size: int | None = None):
         super().__init__(batch_size)
         self.eps = check_nonnegative("eps", eps)
-        if norm not in NORMS:
-            raise InputError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
+        check_norm(norm)
         if mode not in MODES:
             raise InputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         if schedule not in SCHEDULES:
@@ -189,7 +187,7 @@ class DetectorPGD(AdaptiveAttack):
         self.beta = self._beta_now = self.betas[0]
         self.warm, self.normalize = bool(warm), bool(normalize)
         self.eot = check_positive_int("eot", eot)
-        self.seed = seed
+        self.seed = check_seed(seed)
 
     @property
     def label(self) -> str:
