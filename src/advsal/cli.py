@@ -512,27 +512,15 @@ def _guard_inputs(images: Path, channels: int, size: int):
         return x, [str(i) for i in range(len(x))], []
     if not images.is_dir():
         raise CLIError(f"--images {images}: not a folder of images or an .npz file")
-    from PIL import Image, UnidentifiedImageError
+    from .data.loaders import UnreadableImage, read_image
 
-    from .data.loaders import HIGH_DEPTH_MODES
-
-    mode = "L" if channels == 1 else "RGB"
     arrays, names, skipped = [], [], []
     for f in sorted(p for p in images.rglob("*") if p.is_file()):
         try:
-            with Image.open(f) as im:
-                if im.mode in HIGH_DEPTH_MODES:  # convert() would clip them to 0 or 255, silently
-                    skipped.append((str(f.relative_to(images)), f"{im.mode} image (16-bit or float): save it as "
-                                    "8-bit, or pass the images as an .npz of floats in [0, 1]"))
-                    continue
-                arr = np.asarray(im.convert(mode).resize((size, size), Image.BILINEAR), dtype=np.uint8)
-        except UnidentifiedImageError:
-            skipped.append((str(f.relative_to(images)), "not an image"))
+            arrays.append(read_image(f, size, channels))
+        except UnreadableImage as exc:  # a folder of inputs is messy: list the file and go on
+            skipped.append((str(f.relative_to(images)), exc.reason))
             continue
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
-            skipped.append((str(f.relative_to(images)), f"unreadable ({exc})"))
-            continue
-        arrays.append(arr[None] if channels == 1 else arr.transpose(2, 0, 1))
         names.append(str(f.relative_to(images)))
     if not arrays:
         x = torch.zeros(0, channels, size, size)

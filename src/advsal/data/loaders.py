@@ -196,10 +196,39 @@ def load_cifar10(root: str | Path | None = None, seed: int = 0) -> tuple[ImageSe
 #: "RGB" clips them to 0 or 255, so they are refused instead of read wrong.
 HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
+
+class UnreadableImage(DataError):
+    """An image file that cannot be read as 8-bit pixels; ``reason`` says why (the message adds the file)."""
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"{path}: {reason}; remove or replace the file")
+        self.reason = reason
+
+
+def read_image(path: Path, size: int, channels: int) -> np.ndarray:
+    """One image file as uint8 pixels (channels, size, size), resized bilinearly; ``UnreadableImage`` when it is
+    not an image, cannot be decoded, or is not 8-bit (Pillow's convert() would clip 16-bit and float pixels to 0
+    or 255, silently)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            mode = im.mode
+            arr = None if mode in HIGH_DEPTH_MODES else np.asarray(
+                im.convert("L" if channels == 1 else "RGB").resize((size, size), Image.BILINEAR), dtype=np.uint8)
+    except UnidentifiedImageError as exc:  # a broken .png is an unreadable image; a .txt is not an image at all
+        raise UnreadableImage(path, f"unreadable image ({exc})" if path.suffix.lower() in IMAGE_SUFFIXES
+                              else "not an image") from None
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise UnreadableImage(path, f"unreadable image ({exc})") from None
+    if arr is None:
+        raise UnreadableImage(path, f"{mode} image (16-bit or float): save it as 8-bit, or pass the images as an "
+                                    ".npz of floats in [0, 1]")
+    return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
+
 def read_image_folder(root: Path, size: int, channels: int, name: str,
                       classes: list[str] | None = None) -> ImageSet:
     """Class sub-folders of image files → ImageSet, each image resized to size×size."""
-    from PIL import Image, UnidentifiedImageError
 
     if channels not in (1, 3):
         raise DataError(f"channels must be 1 (grey) or 3 (RGB), got {channels!r}")
@@ -216,7 +245,6 @@ def read_image_folder(root: Path, size: int, channels: int, name: str,
                       DataWarning, stacklevel=2)
     xs, ys = [], []
     skipped, empty = 0, []
-    mode = "L" if channels == 1 else "RGB"
     for label, cls in enumerate(classes):
         folder = root / cls
         if not folder.is_dir():
@@ -226,16 +254,7 @@ def read_image_folder(root: Path, size: int, channels: int, name: str,
             if not f.is_file() or f.suffix.lower() not in IMAGE_SUFFIXES:
                 skipped += 1
                 continue
-            try:
-                with Image.open(f) as im:
-                    if im.mode in HIGH_DEPTH_MODES:  # convert() would clip them to 0 or 255, silently
-                        raise DataError(f"{f}: a {im.mode} image (16-bit or float); save it as 8-bit, or pass the "
-                                        "images as an .npz of floats in [0, 1]")
-                    im = im.convert(mode).resize((size, size), Image.BILINEAR)
-                    arr = np.asarray(im, dtype=np.uint8)
-            except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
-                raise DataError(f"{f}: unreadable image ({exc}); remove or replace the file") from None
-            xs.append(arr[None] if channels == 1 else arr.transpose(2, 0, 1))
+            xs.append(read_image(f, size, channels))
             ys.append(label)
         if len(xs) == before:
             empty.append(cls)
